@@ -1,0 +1,64 @@
+"""The `cxr` command line: thin. Each subcommand parses its options and calls one function.
+
+Subcommands live in `cxr.commands.<name>`; each defines `HELP`, `add_arguments(parser)` and
+`run(args) -> int`, and imports its heavy dependencies (torch...) only inside `run`, so
+`cxr --help`, `cxr verify` and `cxr manifest` never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cxr import __version__
+from cxr.errors import CxrError
+
+# Order is the order shown in `cxr --help`: the pipeline's order.
+COMMANDS: tuple[str, ...] = (
+    # "demo",  (enabled when cxr.commands.demo lands)
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxr",
+        description="MIMIC-CXR-JPG pipeline: download, verify, manifest, preprocess, train, "
+        "evaluate, predict.",
+    )
+    parser.add_argument("--version", action="version", version=f"cxr {__version__}")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="data root (default: $CXR_DATA_DIR or ./data); raw/, processed/, interim/ live under it",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"cxr.commands.{name.replace('-', '_')}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from cxr.progress import set_quiet
+
+    set_quiet(args.quiet)
+    try:
+        return int(args._run(args) or 0)
+    except CxrError as exc:
+        print(f"cxr {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cxr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

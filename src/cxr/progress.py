@@ -1,0 +1,75 @@
+"""Progress bars and console output shared by every command.
+
+Bars are drawn only on a terminal and never with `--quiet`, so logs and CI output stay clean.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+
+_state = {"quiet": False}
+
+
+def set_quiet(quiet: bool) -> None:
+    _state["quiet"] = quiet
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def console() -> Console:
+    """stdout console; rich turns colour and live display off when stdout is not a terminal."""
+    return Console(highlight=False, soft_wrap=True)
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def bars_enabled() -> bool:
+    return not _state["quiet"] and sys.stdout.isatty()
+
+
+def make_progress(*extra_columns) -> Progress:
+    """A rich Progress that is inert (draws nothing) when bars are disabled."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not bars_enabled(),
+        transient=False,
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    with make_progress() as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)
+
+
+def info(message: str) -> None:
+    """A line of normal output (suppressed by --quiet)."""
+    if not _state["quiet"]:
+        console().print(message)

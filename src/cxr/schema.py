@@ -1,0 +1,88 @@
+"""MIMIC-CXR-JPG 2.0.0 facts the code relies on: file names, column names, id shapes, paths.
+
+Columns are always read by name, never by position (see ../shared/MIMIC.md).
+"""
+
+from __future__ import annotations
+
+import re
+
+VERSION = "2.0.0"
+
+# The 14 CheXpert labels, in the order the chexpert/negbio CSVs store them (alphabetical).
+LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+NO_FINDING = "No Finding"
+SUPPORT_DEVICES = "Support Devices"
+LABEL_VALUES = (1.0, 0.0, -1.0)  # plus blank (NaN)
+
+CHEXPERT_CSV = f"mimic-cxr-{VERSION}-chexpert.csv"
+SPLIT_CSV = f"mimic-cxr-{VERSION}-split.csv"
+METADATA_CSV = f"mimic-cxr-{VERSION}-metadata.csv"
+NEGBIO_CSV = f"mimic-cxr-{VERSION}-negbio.csv"
+REQUIRED_CSVS = (CHEXPERT_CSV, SPLIT_CSV, METADATA_CSV)
+FILES_DIR = "files"
+SHA256SUMS = "SHA256SUMS.txt"
+
+CHEXPERT_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *LABELS)
+SPLIT_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split")
+METADATA_COLUMNS: tuple[str, ...] = (
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+)
+SPLITS: tuple[str, ...] = ("train", "validate", "test")
+
+# ViewCodeSequence_CodeMeaning values as DICOM writes them, keyed by the ViewPosition they imply.
+VIEW_CODE_MEANINGS: dict[str, str] = {
+    "PA": "postero-anterior",
+    "AP": "antero-posterior",
+    "LATERAL": "lateral",
+    "LL": "left lateral",
+    "RL": "right lateral",
+    "LAO": "left anterior oblique",
+    "RAO": "right anterior oblique",
+    "AP AXIAL": "antero-posterior axial",
+    "PA LLD": "postero-anterior left lateral decubitus",
+    "SWIMMERS": "Swimmer's",
+}
+
+SUBJECT_ID_RE = re.compile(r"^1\d{7}$")
+STUDY_ID_RE = re.compile(r"^5\d{7}$")
+DICOM_ID_RE = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
+
+
+def image_relpath(subject_id: int, study_id: int, dicom_id: str) -> str:
+    """`files/p1X/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg`, relative to the raw root."""
+    s = str(subject_id)
+    return f"{FILES_DIR}/p{s[:2]}/p{s}/s{study_id}/{dicom_id}.jpg"
+
+
+def report_relpaths(subject_id: int, study_id: int) -> tuple[str, str]:
+    """Where a study's report may be: the official place, then the data guide's (inside the study)."""
+    s = str(subject_id)
+    base = f"{FILES_DIR}/p{s[:2]}/p{s}/s{study_id}"
+    return f"{base}.txt", f"{base}/s{study_id}.txt"
