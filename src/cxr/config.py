@@ -1,0 +1,203 @@
+"""Run configurations: frozen dataclasses, read from one TOML file plus `key=value` overrides.
+
+`load_train_config(path, overrides)` is the only way a training config is built, from the CLI and
+from tests alike; `config_to_toml` writes the resolved config beside the run's outputs. TOML has no
+null, so "no value" is the empty string (`pretrained = ""`, `manifest = ""`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxr.errors import CxrError
+from cxr.policy import LabelPolicy
+from cxr.schema import LABELS
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Batch augmentation on the device (see cxr.augment). Flip is off: it moves the heart."""
+
+    scale_min: float = 0.7  # random resized crop: fraction of the image area kept
+    ratio_max: float = 1.25  # aspect ratio in [1/ratio_max, ratio_max]
+    rotation: float = 7.0  # degrees, uniform in [-rotation, rotation]
+    brightness: float = 0.1  # additive, in [0, 1] pixel units
+    contrast: float = 0.1  # multiplicative around each image's mean, 1 +- contrast
+    hflip: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # inputs and outputs ("" = the defaults under the data root)
+    manifest: str = ""
+    cache: str = ""
+    out: str = "models/run"
+    labels: tuple[str, ...] = LABELS
+    policy: LabelPolicy = field(default_factory=LabelPolicy)
+    # model
+    model: str = "densenet121"
+    pretrained: str = ""  # "", "imagenet" or a path to a state dict
+    image_size: int = 224  # model input; the cache may be larger (random crops, resize at eval)
+    cache_size: int = 0  # which cache to read by default; 0 = image_size
+    mean: float = 0.5  # normalization on [0, 1] pixels; MIMIC JPEGs are histogram-equalized,
+    std: float = 0.29  # so close to uniform: mean 0.5, std 1/sqrt(12)
+    # optimization
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    pos_weight: str = "none"  # "none" or "auto" (neg/pos per label from train targets, capped)
+    patience: int = 5  # early stopping: epochs without a better validate macro AUROC; 0 = off
+    seed: int = 0
+    # hardware
+    device: str = "auto"  # auto, cpu, cuda
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model (minutes to compile; pays off on long runs)
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    prefetch: int = 2  # batches gathered ahead in a background thread; 0 = inline
+    # run control
+    limit_train_batches: int = 0  # per epoch, 0 = all (for smoke tests)
+    stop_after_epochs: int = (
+        0  # stop this invocation after N epochs; --resume goes on (wall-time limits)
+    )
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 8:
+            raise CxrError("config: epochs and batch_size must be >= 1 and image_size >= 8")
+        if self.lr <= 0:
+            raise CxrError(f"config: lr must be > 0, got {self.lr}")
+        if self.pos_weight not in ("none", "auto"):
+            raise CxrError(f"config: pos_weight must be 'none' or 'auto', got {self.pos_weight!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise CxrError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
+        unknown = [name for name in self.labels if name not in LABELS]
+        if unknown or not self.labels:
+            raise CxrError(f"config: unknown labels {unknown}; valid: {', '.join(LABELS)}")
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain nested dict (tuples become lists, policies their dict form); TOML- and torch-safe."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, LabelPolicy):
+            value = value.to_dict()
+        elif dataclasses.is_dataclass(value):
+            value = config_to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def config_to_toml(cfg) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(config_to_dict(cfg))
+
+
+def _coerce(name: str, value, default):
+    """Check a value against the type of the field's default (ints are accepted for floats)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, tuple) and (
+        isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    ):
+        return tuple(value)
+    raise CxrError(f"config: {name} = {value!r} should be {type(default).__name__}")
+
+
+def _build(cls, data: Mapping, prefix: str = ""):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = cls()
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise CxrError(
+            f"config: unknown keys {sorted(prefix + k for k in unknown)}; valid: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        default = getattr(defaults, key)
+        if isinstance(default, LabelPolicy):
+            if not isinstance(value, Mapping):
+                raise CxrError(f"config: {prefix}{key} must be a table")
+            kwargs[key] = LabelPolicy.from_dict(value)
+        elif dataclasses.is_dataclass(default):
+            if not isinstance(value, Mapping):
+                raise CxrError(f"config: {prefix}{key} must be a table")
+            kwargs[key] = _build(type(default), value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, default)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`a.b=value` -> {"a": {"b": value}}; the value is read as TOML, else taken as a string.
+
+    Keys are TOML dotted keys, so a label with a space is quoted:
+    `policy.overrides."Pleural Effusion".uncertain=ones`.
+    """
+    if "=" not in text:
+        raise CxrError(f"override {text!r} is not key=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    for candidate in (value.strip(), json.dumps(value.strip())):
+        try:
+            return tomllib.loads(f"{key} = {candidate}")
+        except tomllib.TOMLDecodeError:
+            continue
+    raise CxrError(f"override {text!r}: cannot read key {key!r}")
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CxrError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CxrError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_train_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping | None = None,
+) -> TrainConfig:
+    """Defaults, then `base` (e.g. a run's saved config), then the TOML file, then overrides."""
+    data: dict = dict(base or {})
+    if path:
+        data = _deep_merge(data, read_toml(path))
+    for text in overrides:
+        data = _deep_merge(data, parse_override(text))
+    return _build(TrainConfig, data)

@@ -1,0 +1,128 @@
+"""Model factory: timm backbones with a multi-label head on one-channel input, plus a tiny CNN.
+
+`create_model(name, num_labels=14, in_chans=1, pretrained=None)`:
+- `pretrained=None`: random initialization;
+- `pretrained="imagenet"`: timm's own download of ImageNet weights (a clear error when offline);
+  timm sums the first convolution's RGB weights into one channel;
+- `pretrained=<path>`: a state dict file (e.g. a timm checkpoint saved elsewhere); a 3-channel first
+  convolution is summed to `in_chans` the same way, and a classifier of another size is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxr.errors import CxrError
+
+# cxr name -> timm name. cxr_small is ours: a few conv layers, for the CPU demo and tests.
+TIMM_MODELS = {
+    "densenet121": "densenet121",
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "efficientnet_b0": "efficientnet_b0",
+    "convnext_tiny": "convnext_tiny",
+}
+MODEL_NAMES: tuple[str, ...] = (*TIMM_MODELS, "cxr_small")
+
+
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU stages with stride 2, global average pooling, a linear head.
+
+    Fast enough on two CPU cores at 128 px for the demo (a few seconds per epoch).
+    """
+
+    def __init__(self, num_classes: int = 14, in_chans: int = 1, width: int = 32) -> None:
+        super().__init__()
+        chans = [in_chans, width, width * 2, width * 4, width * 4]
+        layers: list[nn.Module] = []
+        for c_in, c_out in itertools.pairwise(chans):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def create_model(
+    name: str = "densenet121",
+    num_labels: int = 14,
+    in_chans: int = 1,
+    pretrained: str | None = None,
+) -> nn.Module:
+    """A model that maps (B, in_chans, H, W) to (B, num_labels) logits."""
+    if name not in MODEL_NAMES:
+        raise CxrError(f"unknown model {name!r}; valid: {', '.join(MODEL_NAMES)}")
+    pretrained = pretrained or None
+    if name == "cxr_small":
+        if pretrained == "imagenet":
+            raise CxrError("cxr_small has no ImageNet weights; use pretrained='' or a weights file")
+        model: nn.Module = SmallCNN(num_labels, in_chans)
+    else:
+        import timm
+
+        if pretrained == "imagenet":
+            try:
+                model = timm.create_model(
+                    TIMM_MODELS[name], pretrained=True, num_classes=num_labels, in_chans=in_chans
+                )
+            except Exception as exc:  # network, hub or cache failures all look different
+                raise CxrError(
+                    f"cannot get ImageNet weights for {name} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); are you offline? Download "
+                    "them once with network access (timm/Hugging Face cache) or pass a weights file"
+                ) from None
+            return model
+        model = timm.create_model(
+            TIMM_MODELS[name], pretrained=False, num_classes=num_labels, in_chans=in_chans
+        )
+    if pretrained is not None:
+        _load_weights_file(model, Path(pretrained), in_chans)
+    return model
+
+
+def _load_weights_file(model: nn.Module, path: Path, in_chans: int) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CxrError(f"{path}: weights file not found") from None
+    except Exception as exc:
+        raise CxrError(f"{path}: not a loadable weights file ({exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a cxr checkpoint
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CxrError(f"{path}: expected a state dict of tensors")
+    own = model.state_dict()
+    adapted = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+        if key not in own or not isinstance(value, torch.Tensor):
+            continue
+        if value.ndim == 4 and own[key].ndim == 4 and value.shape[1] != own[key].shape[1]:
+            value = _adapt_input_conv(in_chans, value)
+        if value.shape != own[key].shape:
+            continue  # e.g. an ImageNet classifier of 1000 outputs
+        adapted[key] = value
+    if not adapted:
+        raise CxrError(f"{path}: no tensor matches the model's parameters; wrong architecture?")
+    model.load_state_dict(adapted, strict=False)
+
+
+def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """RGB first conv -> in_chans, as timm does: sum for one channel, tile and rescale otherwise."""
+    if in_chans == 1 and weight.shape[1] == 3:
+        return weight.sum(dim=1, keepdim=True)
+    repeat = -(-in_chans // weight.shape[1])
+    weight = weight.repeat(1, repeat, 1, 1)[:, :in_chans]
+    return weight * (3 / float(in_chans))
