@@ -1,0 +1,194 @@
+"""Training end to end on a tiny fixture with a shrunken config: outputs, resume, bad inputs, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from cxr.cli import main
+from cxr.config import load_train_config
+from cxr.errors import CxrError
+from cxr.train import train
+from train_fixtures import make_fixture
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY = ["model=cxr_small", "image_size=32", "batch_size=16", "lr=3e-3", "prefetch=0", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_fixture(tmp_path_factory.mktemp("train"), size=32)
+
+
+def tiny(data, out, *extra):
+    manifest, cache = data
+    return load_train_config(
+        None, [*TINY, f"manifest='{manifest}'", f"cache='{cache}'", f"out='{out}'", *extra]
+    )
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_trains_and_writes_the_contract(data, tmp_path, capsys):
+    manifest, cache = data
+    run = tmp_path / "run"
+    rc = main(
+        ["train", *TINY, "epochs=2", f"manifest={manifest}", f"cache={cache}", "--out", str(run)]
+    )
+    assert rc == 0
+    assert {p.name for p in run.iterdir()} == {
+        "best.pt",
+        "last.pt",
+        "config.toml",
+        "metrics.jsonl",
+        "tb",
+    }
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "val_loss", "val_macro_auroc", "val_auroc", "images_per_s", "lr"} <= set(
+        rows[0]
+    )
+    assert rows[-1]["val_macro_auroc"] > 0.6  # the planted squares are easy
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["arch"] == "cxr_small" and best["image_size"] == 32 and len(best["labels"]) == 14
+    assert best["normalization"] == {"mean": 0.5, "std": 0.29}
+    assert "optimizer" in torch.load(run / "last.pt", weights_only=True)
+    # nothing written identifies a patient
+    subjects = {str(s) for s in pl.read_parquet(manifest)["subject_id"].to_list()}
+    for path in [*run.rglob("*"), None]:
+        text = (
+            capsys.readouterr().out
+            if path is None
+            else path.read_bytes().decode("latin-1")
+            if path.is_file()
+            else ""
+        )
+        assert "subject_id" not in text
+        assert not any(s in text for s in subjects)
+    # a second fresh run into the same directory would overwrite a good best.pt: refused
+    assert main(["train", *TINY, f"manifest={manifest}", f"cache={cache}", "--out", str(run)]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_is_exact(data, tmp_path):
+    straight = train(tiny(data, tmp_path / "a", "epochs=4", "patience=0"))
+    train(tiny(data, tmp_path / "b", "epochs=4", "patience=0", "stop_after_epochs=2"))
+    assert [r["epoch"] for r in metrics(tmp_path / "b")] == [1, 2]
+    resumed = train(tiny(data, tmp_path / "b", "epochs=4", "patience=0"), resume=True)
+    assert straight["best_epoch"] == resumed["best_epoch"]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+    ma, mb = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [r["epoch"] for r in mb] == [1, 2, 3, 4]
+    for ra, rb in zip(ma, mb, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5)
+        assert ra["val_macro_auroc"] == pytest.approx(rb["val_macro_auroc"], rel=1e-5)
+        assert ra["lr"] == pytest.approx(rb["lr"])
+
+
+def test_nan_loss_stops_and_keeps_best(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(tiny(data, run, "epochs=3", "stop_after_epochs=1"))
+    before = (run / "best.pt").read_bytes()
+    import cxr.train as t
+
+    monkeypatch.setattr(t, "masked_bce", lambda logits, *a, **k: logits.sum() * float("nan"))
+    with pytest.raises(CxrError, match=r"not finite.*left as it was"):
+        train(tiny(data, run, "epochs=3"), resume=True)
+    assert (run / "best.pt").read_bytes() == before
+
+
+def test_resume_into_another_model_or_label_set(data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(data, run, "epochs=1"))
+    with pytest.raises(CxrError, match="another label set"):
+        train(tiny(data, run, "epochs=2", "labels=['Edema', 'Atelectasis']"), resume=True)
+    with pytest.raises(CxrError, match="checkpoint is a cxr_small"):
+        train(tiny(data, run, "epochs=2", "model=resnet18"), resume=True)
+
+
+def test_bad_inputs(data, tmp_path):
+    manifest, _cache = data
+    # no validate split
+    df = pl.read_parquet(manifest).filter(pl.col("split") != "validate")
+    no_val = tmp_path / "noval.parquet"
+    df.write_parquet(no_val)
+    with pytest.raises(CxrError, match="no validate split"):
+        train(tiny(data, tmp_path / "r1", f"manifest='{no_val}'"))
+    # cache built from another manifest
+    other, _ = make_fixture(tmp_path / "other", size=32, seed=9)
+    with pytest.raises(CxrError, match="another manifest"):
+        train(tiny(data, tmp_path / "r2", f"manifest='{other}'"))
+    # nothing to resume
+    with pytest.raises(CxrError, match="nothing to resume"):
+        train(tiny(data, tmp_path / "r3"), resume=True)
+
+
+def test_label_without_positives_warns_and_is_left_out(tmp_path, capsys):
+    manifest, cache = make_fixture(tmp_path / "d", size=32, seed=3)
+    df = pl.read_parquet(manifest)
+    # Fracture never positive in train (but still in validate)
+    df = df.with_columns(
+        pl.when((pl.col("split") == "train") & (pl.col("Fracture") == 1.0))
+        .then(0.0)
+        .otherwise(pl.col("Fracture"))
+        .cast(pl.Float32)
+        .alias("Fracture")
+    )
+    df.write_parquet(manifest)
+    import hashlib
+
+    meta = json.loads((cache / "cache.json").read_text())
+    meta["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    (cache / "cache.json").write_text(json.dumps(meta))
+    (manifest.with_suffix(".json")).unlink()
+    train(tiny((manifest, cache), tmp_path / "run", "epochs=1"))
+    assert "no positive train images for Fracture" in capsys.readouterr().err
+    row = metrics(tmp_path / "run")[0]
+    counted = [v for k, v in row["val_auroc"].items() if v is not None and k != "Fracture"]
+    assert row["val_macro_auroc"] == pytest.approx(sum(counted) / len(counted))
+
+
+def test_ddp_two_processes_on_cpu(data, tmp_path):
+    manifest, cache = data
+    run = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "cxr",
+        "--quiet",
+        "train",
+        *TINY,
+        "epochs=2",
+        f"manifest={manifest}",
+        f"cache={cache}",
+        "--out",
+        str(run),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["best.pt", "config.toml", "last.pt", "metrics.jsonl", "tb"]
+    assert len(list((run / "tb").iterdir())) == 1  # one event file: rank 0 alone wrote
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    single = tmp_path / "single"
+    train(tiny(data, single, "epochs=2"))
+    assert rows[0].keys() == metrics(single)[0].keys()
+    assert rows[0]["val_auroc"].keys() == metrics(single)[0]["val_auroc"].keys()
