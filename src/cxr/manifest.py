@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,10 @@ class Exclusions:
 
 
 def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
-    """Images in the split file joined to their metadata by dicom_id."""
+    """Images in the split file joined to their metadata by dicom_id.
+
+    One full join classifies every image at once: in both, only in split, only in metadata.
+    """
     meta = tables.metadata.select(
         "dicom_id",
         pl.col("study_id").alias("_meta_study"),
@@ -84,14 +88,19 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
         "ViewCodeSequence_CodeMeaning",
         pl.col("Rows").alias("rows"),
         pl.col("Columns").alias("columns"),
+        pl.lit(True).alias("_in_meta"),
     )
-    split = tables.split.select("dicom_id", "study_id", "subject_id", "split")
-    excl.add("split_row_not_in_metadata", split.join(meta, on="dicom_id", how="anti"))
+    split = tables.split.select(
+        "dicom_id", "study_id", "subject_id", "split", pl.lit(True).alias("_in_split")
+    )
+    df = split.join(meta, on="dicom_id", how="full", coalesce=True)
+    in_meta, in_split = pl.col("_in_meta").is_not_null(), pl.col("_in_split").is_not_null()
+    excl.add("split_row_not_in_metadata", df.filter(~in_meta))
     excl.add(
         "metadata_image_not_in_split",
-        meta.join(split, on="dicom_id", how="anti").rename({"_meta_study": "study_id"}),
+        df.filter(~in_split).with_columns(pl.col("_meta_study").alias("study_id")),
     )
-    df = split.join(meta, on="dicom_id", how="inner")
+    df = df.filter(in_meta & in_split)
     mismatch = df.filter(
         (pl.col("study_id") != pl.col("_meta_study"))
         | (pl.col("subject_id") != pl.col("_meta_subject"))
@@ -101,7 +110,7 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
             f"{tables.paths['split']}: image {mismatch['dicom_id'][0]} has a different study or "
             f"patient in {tables.paths['metadata'].name} ({mismatch.height} image(s) disagree)"
         )
-    return df.drop("_meta_study", "_meta_subject")
+    return df.drop("_meta_study", "_meta_subject", "_in_meta", "_in_split")
 
 
 _MEANING_TO_VIEW = {meaning.lower(): view for view, meaning in schema.VIEW_CODE_MEANINGS.items()}
@@ -196,17 +205,35 @@ def add_paths(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def find_report_paths(raw: Path, studies: pl.DataFrame) -> pl.DataFrame:
-    """study_id -> report_path (relative), looking in the official place then the guide's."""
-    found: list[str | None] = []
+    """study_id -> report_path (relative), in the official place or else the data guide's.
+
+    Lists each patient folder once instead of stat-ing two paths per study: before the download
+    no folder exists and this costs one failed listing per patient.
+    """
+    found: dict[int, str | None] = {}
+    by_patient: dict[int, list[int]] = {}
     for subject_id, study_id in studies.select("subject_id", "study_id").iter_rows():
-        hit = None
-        for rel in schema.report_relpaths(subject_id, study_id):
-            if (raw / rel).is_file():
-                hit = rel
-                break
-        found.append(hit)
+        by_patient.setdefault(subject_id, []).append(study_id)
+    for subject_id, study_ids in by_patient.items():
+        official = schema.report_relpaths(subject_id, study_ids[0])[0]
+        folder = raw / official.rsplit("/", 1)[0]
+        try:
+            entries = set(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            entries = set()
+        for study_id in study_ids:
+            official, guide = schema.report_relpaths(subject_id, study_id)
+            if f"s{study_id}.txt" in entries and (raw / official).is_file():
+                found[study_id] = official
+            elif f"s{study_id}" in entries and (raw / guide).is_file():
+                found[study_id] = guide
+            else:
+                found[study_id] = None
     return pl.DataFrame(
-        {"study_id": studies["study_id"], "report_path": pl.Series(found, dtype=pl.String)}
+        {
+            "study_id": pl.Series(list(found), dtype=pl.Int64),
+            "report_path": pl.Series(list(found.values()), dtype=pl.String),
+        }
     )
 
 
