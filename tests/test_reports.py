@@ -360,3 +360,26 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "files").mkdir()
     assert main(["reports", "--raw", str(tmp_path), "--out", str(tmp_path / "o.parquet")]) == 1
     assert "no report files" in capsys.readouterr().err
+
+
+def test_manifest_carries_sections(tmp_path):
+    """`cxr manifest` (the lead's wiring of report_columns): sections land on every image row."""
+    from cxr.manifest import ManifestConfig, make_manifest
+    from rawtables import make_frames, write_raw
+
+    raw = write_raw(tmp_path / "raw", make_frames())
+    official = raw / "files" / "p10" / "p10000001" / "s50000011.txt"
+    official.parent.mkdir(parents=True, exist_ok=True)
+    official.write_bytes(EXAMPLE.read_bytes())
+    inside = raw / "files" / "p10" / "p10000001" / "s50000012" / "s50000012.txt"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_text(_report(("FINDINGS", "Clear."), ("IMPRESSION", "Normal.")))
+    cfg = ManifestConfig(raw=raw, out=tmp_path / "out" / "manifest.parquet")
+    df = make_manifest(cfg)[0].manifest
+    rows = {r["study_id"]: r for r in df.iter_rows(named=True)}
+    assert rows[50000011]["report_path"] == "files/p10/p10000001/s50000011.txt"
+    assert rows[50000011]["impression"] == "Large left pleural effusion"
+    assert rows[50000011]["indication"].startswith("___ year old woman")
+    assert rows[50000012]["findings"] == "Clear."
+    others = df.filter(~pl.col("study_id").is_in([50000011, 50000012]))
+    assert others["report_path"].is_null().all() and others["findings"].is_null().all()
