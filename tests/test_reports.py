@@ -383,3 +383,18 @@ def test_manifest_carries_sections(tmp_path):
     assert rows[50000012]["findings"] == "Clear."
     others = df.filter(~pl.col("study_id").is_in([50000011, 50000012]))
     assert others["report_path"].is_null().all() and others["findings"].is_null().all()
+
+
+def test_demo_reports_reproduce_generator(tmp_path):
+    """On the demo tree the parsed sections say what the generator wrote (runs once cxr.demo lands)."""
+    demo = pytest.importorskip("cxr.demo")
+    from cxr.reports import study_dir_reports
+
+    raw = tmp_path / "raw"
+    summary = demo.write_demo(raw, n_patients=8, seed=0, image_size=64)
+    where = {study: rel for study, rel, _ in study_dir_reports(raw / "files")}
+    assert set(where) >= {int(s) for s in summary.reports}
+    for study_id, written in summary.reports.items():
+        parsed = parse_report(read_report(raw / where[int(study_id)])[0])
+        for name, text in written.items():
+            assert parsed.get(name, "").split() == str(text).split(), (study_id, name)
