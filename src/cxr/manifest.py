@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -204,49 +203,12 @@ def add_paths(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(image_path.alias("image_path"))
 
 
-def find_report_paths(raw: Path, studies: pl.DataFrame) -> pl.DataFrame:
-    """study_id -> report_path (relative), in the official place or else the data guide's.
-
-    Lists each patient folder once instead of stat-ing two paths per study: before the download
-    no folder exists and this costs one failed listing per patient.
-    """
-    found: dict[int, str | None] = {}
-    by_patient: dict[int, list[int]] = {}
-    for subject_id, study_id in studies.select("subject_id", "study_id").iter_rows():
-        by_patient.setdefault(subject_id, []).append(study_id)
-    for subject_id, study_ids in by_patient.items():
-        official = schema.report_relpaths(subject_id, study_ids[0])[0]
-        folder = raw / official.rsplit("/", 1)[0]
-        try:
-            entries = set(os.listdir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            entries = set()
-        for study_id in study_ids:
-            official, guide = schema.report_relpaths(subject_id, study_id)
-            if f"s{study_id}.txt" in entries and (raw / official).is_file():
-                found[study_id] = official
-            elif f"s{study_id}" in entries and (raw / guide).is_file():
-                found[study_id] = guide
-            else:
-                found[study_id] = None
-    return pl.DataFrame(
-        {
-            "study_id": pl.Series(list(found), dtype=pl.Int64),
-            "report_path": pl.Series(list(found.values()), dtype=pl.String),
-        }
-    )
-
-
 def attach_reports(df: pl.DataFrame, raw: Path, require: bool, excl: Exclusions) -> pl.DataFrame:
     """report_path and the main sections, when reports have been downloaded (null otherwise)."""
+    from cxr.reports import report_columns
+
     studies = df.select("subject_id", "study_id").unique().sort("study_id")
-    try:
-        from cxr.reports import report_columns
-    except ImportError:  # reports module not installed in this build: paths only
-        cols = find_report_paths(raw, studies)
-        cols = cols.with_columns(pl.lit(None, pl.String).alias(s) for s in REPORT_SECTIONS)
-    else:
-        cols = report_columns(raw, studies)
+    cols = report_columns(raw, studies)
     df = df.join(cols, on="study_id", how="left")
     if require:
         excl.add("no_report", df.filter(pl.col("report_path").is_null()))
