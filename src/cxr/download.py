@@ -564,15 +564,34 @@ def _load_listing(
 
 def _run_items(fetcher: Fetcher, items: list[Item], dest: Path, summary: Summary) -> None:
     """Fetch `items` in parallel with a progress bar; outcomes go into `summary`."""
-    from rich.progress import DownloadColumn, TextColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    from cxr.progress import make_progress
+    from cxr.progress import bars_enabled
 
     workers = max(1, min(fetcher.cfg.workers, len(items) or 1))
     total_files = len(items)
     done = {"files": 0, "bytes_done_files": 0}
-    progress = make_progress(
-        TextColumn("files {task.fields[files]}"), DownloadColumn(), TransferSpeedColumn()
+    # make_progress's conventions (drawn only on a terminal, never with --quiet), with byte
+    # columns instead of its item count: the task counts bytes, the files go in a field.
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("files {task.fields[files]}"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not bars_enabled(),
     )
     task = progress.add_task("download", total=None, files=f"0/{total_files}")
     fetcher.on_bytes = lambda n: progress.advance(task, n)
