@@ -18,6 +18,8 @@ from cxr.errors import CxrError
 COMMANDS: tuple[str, ...] = (
     # "demo",  (enabled when cxr.commands.demo lands)
     "download",
+    "verify",
+    "manifest",
 )
 
 

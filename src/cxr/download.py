@@ -654,15 +654,10 @@ def download_metadata(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Su
 
 
 def read_manifest_paths(path: Path) -> tuple[list[str], list[str]]:
-    """(image relpaths, report relpaths) of a manifest, reading only the columns needed."""
-    import polars as pl
+    """(image relpaths, report relpaths) of a manifest (read and checked by cxr.manifest)."""
+    from cxr.manifest import read_manifest
 
-    if not Path(path).is_file():
-        raise InputError(f"{path}: manifest not found (run `cxr manifest` first)")
-    try:
-        df = pl.read_parquet(path, columns=["image_path", "subject_id", "study_id"])
-    except Exception as exc:  # polars raises several types for a bad or foreign file
-        raise InputError(f"{path}: cannot read the manifest ({type(exc).__name__})") from None
+    df = read_manifest(path)
     images = [p for p in df["image_path"].to_list() if p is not None]
     studies = df.select("subject_id", "study_id").drop_nulls().unique(maintain_order=True)
     reports = [
