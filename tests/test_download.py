@@ -663,3 +663,35 @@ def test_netrc_credentials_work_end_to_end(server, tmp_path, monkeypatch):
     rc.write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
     os.chmod(rc, 0o600)
     assert cli(tmp_path / "d", "metadata", "--base-url", server.url("/jpg/")) == 0
+
+
+def test_data_guide_steps_end_to_end(tmp_path, capsys):
+    """metadata -> cxr manifest -> subset -> cxr verify, on the hand-made raw tables."""
+    from rawtables import make_frames, write_raw
+
+    frames = make_frames()
+    src = write_raw(tmp_path / "src", frames)
+    jpg = {p.name: p.read_bytes() for p in src.glob("*.csv.gz")}
+    rep = {}
+    for row in frames["split"].iter_rows(named=True):
+        subject, study = int(row["subject_id"]), int(row["study_id"])
+        jpg[schema.image_relpath(subject, study, row["dicom_id"])] = b"\xff\xd8" + os.urandom(500)
+        rep[schema.report_relpaths(subject, study)[0]] = b" FINAL REPORT\n IMPRESSION: normal.\n"
+    fake = FakePhysioNet(jpg, rep)
+    fake.start()
+    try:
+        data = tmp_path / "data"
+        urls = ["--base-url", fake.url("/jpg/")]
+        assert cli(data, "metadata", *urls) == 0
+        assert main(["--data-dir", str(data), "manifest"]) == 0
+        assert cli(data, "subset", *urls, "--reports-base-url", fake.url("/reports/")) == 0
+        manifest = data / "processed" / "manifest.parquet"
+        assert main(["--data-dir", str(data), "verify", "--manifest", str(manifest)]) == 0
+    finally:
+        fake.stop()
+    selected = set(pl.read_parquet(manifest)["image_path"].to_list())
+    fetched_images = {p.removeprefix("/jpg/") for p, _ in fake.log if p.endswith(".jpg")}
+    assert fetched_images == selected  # exactly the manifest's JPEGs, no other view
+    assert len(selected) < sum(k.endswith(".jpg") for k in jpg)
+    out = capsys.readouterr()
+    assert_no_secret(tmp_path, out.out, out.err)
