@@ -33,6 +33,7 @@ from cxr.download import (
     Fetcher,
     check_base_url,
     display_path,
+    download_metadata,
     download_subset,
     parse_sha256sums,
     plan_items,
@@ -132,7 +133,7 @@ class FakePhysioNet:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
@@ -571,6 +572,9 @@ def test_wrong_credentials_give_one_clear_line(server, tmp_path, monkeypatch, ca
     assert len(err.strip().splitlines()) == 1
     assert wrong not in err and wrong not in caplog.text
     assert not list((tmp_path / "raw").rglob("*")) if (tmp_path / "raw").exists() else True
+    with pytest.raises(CxrError) as exc:  # the API's exception text, not only the CLI's line
+        download_metadata(DownloadConfig(dest=tmp_path / "raw", base_url=server.url("/jpg/")))
+    assert wrong not in str(exc.value) and wrong not in repr(exc.value)
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert wrong.encode() not in path.read_bytes()
