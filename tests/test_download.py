@@ -699,3 +699,15 @@ def test_data_guide_steps_end_to_end(tmp_path, capsys):
     assert len(selected) < sum(k.endswith(".jpg") for k in jpg)
     out = capsys.readouterr()
     assert_no_secret(tmp_path, out.out, out.err)
+
+
+def test_http_debug_logs_mask_subject_folder(caplog):
+    import logging
+
+    from cxr.download import _mask_http_logs
+
+    _mask_http_logs()
+    logger = logging.getLogger("urllib3.connectionpool")
+    with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
+        logger.debug('"GET %s HTTP/1.1" 200 10', "/files/p10/p10000032/s50414267/x.jpg")
+    assert "10000032" not in caplog.text and "p********" in caplog.text

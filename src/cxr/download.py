@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import ipaddress
+import logging
 import netrc
 import os
 import random
@@ -144,6 +145,21 @@ class Listing:
 def display_path(relpath: str) -> str:
     """A path fit for printing: the subject folder (`p` + subject_id) masked."""
     return _SUBJECT_DIR_RE.sub("p********", relpath)
+
+
+class _MaskSubjectFilter(logging.Filter):
+    """urllib3 logs request URLs at DEBUG; those name the subject folder. Mask it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = display_path(record.getMessage())
+        record.args = ()
+        return True
+
+
+def _mask_http_logs() -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _MaskSubjectFilter) for f in logger.filters):
+        logger.addFilter(_MaskSubjectFilter())
 
 
 def unsafe_reason(relpath: str) -> str | None:
@@ -412,6 +428,7 @@ class Fetcher:
                 from requests.adapters import HTTPAdapter
 
                 creds = self._credentials()
+                _mask_http_logs()
                 session = requests.Session()
                 # requests reads ~/.netrc itself only when auth is unset; ours is always set.
                 session.auth = (creds.username, creds.password)
