@@ -17,6 +17,10 @@ from cxr.errors import CxrError
 # Order is the order shown in `cxr --help`: the pipeline's order.
 COMMANDS: tuple[str, ...] = (
     # "demo",  (enabled when cxr.commands.demo lands)
+    "download",
+    "verify",
+    "manifest",
+    "reports",
     "train",
 )
 
