@@ -24,41 +24,18 @@ import polars as pl
 import torch
 
 from cxr.errors import CxrError
+from cxr.manifest import read_manifest, read_manifest_info
 from cxr.policy import LabelPolicy, apply_policy
 
-
-def read_manifest(path: str | Path) -> pl.DataFrame:
-    """The manifest through cxr.manifest when it is there, else read and checked here."""
-    path = Path(path)
-    try:
-        from cxr.manifest import read_manifest as _read
-    except ImportError:
-        _read = None
-    if _read is not None:
-        return _read(path)
-    if not path.exists():
-        raise CxrError(f"{path}: manifest not found (run `cxr manifest` first)")
-    try:
-        df = pl.read_parquet(path)
-    except Exception as exc:
-        raise CxrError(f"{path}: cannot read manifest ({exc})") from None
-    missing = {"dicom_id", "study_id", "split"} - set(df.columns)
-    if missing:
-        raise CxrError(f"{path}: manifest lacks columns {sorted(missing)}")
-    return df
+__all__ = ["BatchLoader", "CxrDataset", "open_cache", "read_manifest", "shard"]
 
 
 def manifest_sha256(path: str | Path) -> str:
     """The manifest's hash as manifest.json records it, else computed from the file."""
     path = Path(path)
-    meta = path.with_suffix(".json")
-    if meta.exists():
-        try:
-            sha = json.loads(meta.read_text(encoding="utf-8")).get("sha256")
-        except (json.JSONDecodeError, OSError):
-            sha = None
-        if sha:
-            return sha
+    sha = read_manifest_info(path).get("sha256")
+    if sha:
+        return sha
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
