@@ -61,16 +61,8 @@ class EvaluateConfig:
 
 
 def _read_manifest(path: Path):
-    import polars as pl
+    from cxr.manifest import read_manifest
 
-    if not path.exists():
-        raise InputError(
-            f"{path}: manifest not found (run `cxr manifest` first or pass --manifest)"
-        )
-    try:
-        from cxr.manifest import read_manifest
-    except ImportError:  # before the manifest module exists, read the parquet as is
-        return pl.read_parquet(path)
     return read_manifest(path)
 
 

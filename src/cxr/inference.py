@@ -44,7 +44,8 @@ class Preprocess:
         """uint8 (N, S, S) -> normalized float32 tensor (N, in_chans, S, S)."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(squares)).float().div_(255.0)
+        x = torch.from_numpy(np.array(squares, dtype=np.uint8))  # a copy: memmaps are read-only
+        x = x.float().div_(255.0)
         x = x.sub_(self.mean).div_(self.std).unsqueeze(1)
         if self.in_chans != 1:
             x = x.expand(-1, self.in_chans, -1, -1).contiguous()

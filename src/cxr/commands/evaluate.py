@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(cfg)
     if not is_quiet():
         out = console()
+        if not out.is_terminal:  # logs and pipes: keep each table row on one line
+            out.width = max(out.width, 150)
         table = Table(title=f"{metrics['split']} split, {metrics['level']} level", show_lines=False)
         for h in TABLE_HEADER:
             table.add_column(h, justify="left" if h == "label" else "right")
