@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "verify",
     "manifest",
     "evaluate",
+    "predict",
 )
 
 
