@@ -18,6 +18,7 @@ from cxr.errors import CxrError
 COMMANDS: tuple[str, ...] = (
     "verify",
     "manifest",
+    "reports",
     "evaluate",
     "predict",
 )

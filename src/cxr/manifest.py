@@ -75,7 +75,10 @@ class Exclusions:
 
 
 def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
-    """Images in the split file joined to their metadata by dicom_id."""
+    """Images in the split file joined to their metadata by dicom_id.
+
+    One full join classifies every image at once: in both, only in split, only in metadata.
+    """
     meta = tables.metadata.select(
         "dicom_id",
         pl.col("study_id").alias("_meta_study"),
@@ -84,14 +87,19 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
         "ViewCodeSequence_CodeMeaning",
         pl.col("Rows").alias("rows"),
         pl.col("Columns").alias("columns"),
+        pl.lit(True).alias("_in_meta"),
     )
-    split = tables.split.select("dicom_id", "study_id", "subject_id", "split")
-    excl.add("split_row_not_in_metadata", split.join(meta, on="dicom_id", how="anti"))
+    split = tables.split.select(
+        "dicom_id", "study_id", "subject_id", "split", pl.lit(True).alias("_in_split")
+    )
+    df = split.join(meta, on="dicom_id", how="full", coalesce=True)
+    in_meta, in_split = pl.col("_in_meta").is_not_null(), pl.col("_in_split").is_not_null()
+    excl.add("split_row_not_in_metadata", df.filter(~in_meta))
     excl.add(
         "metadata_image_not_in_split",
-        meta.join(split, on="dicom_id", how="anti").rename({"_meta_study": "study_id"}),
+        df.filter(~in_split).with_columns(pl.col("_meta_study").alias("study_id")),
     )
-    df = split.join(meta, on="dicom_id", how="inner")
+    df = df.filter(in_meta & in_split)
     mismatch = df.filter(
         (pl.col("study_id") != pl.col("_meta_study"))
         | (pl.col("subject_id") != pl.col("_meta_subject"))
@@ -101,7 +109,7 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
             f"{tables.paths['split']}: image {mismatch['dicom_id'][0]} has a different study or "
             f"patient in {tables.paths['metadata'].name} ({mismatch.height} image(s) disagree)"
         )
-    return df.drop("_meta_study", "_meta_subject")
+    return df.drop("_meta_study", "_meta_subject", "_in_meta", "_in_split")
 
 
 _MEANING_TO_VIEW = {meaning.lower(): view for view, meaning in schema.VIEW_CODE_MEANINGS.items()}
@@ -195,31 +203,12 @@ def add_paths(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(image_path.alias("image_path"))
 
 
-def find_report_paths(raw: Path, studies: pl.DataFrame) -> pl.DataFrame:
-    """study_id -> report_path (relative), looking in the official place then the guide's."""
-    found: list[str | None] = []
-    for subject_id, study_id in studies.select("subject_id", "study_id").iter_rows():
-        hit = None
-        for rel in schema.report_relpaths(subject_id, study_id):
-            if (raw / rel).is_file():
-                hit = rel
-                break
-        found.append(hit)
-    return pl.DataFrame(
-        {"study_id": studies["study_id"], "report_path": pl.Series(found, dtype=pl.String)}
-    )
-
-
 def attach_reports(df: pl.DataFrame, raw: Path, require: bool, excl: Exclusions) -> pl.DataFrame:
     """report_path and the main sections, when reports have been downloaded (null otherwise)."""
+    from cxr.reports import report_columns
+
     studies = df.select("subject_id", "study_id").unique().sort("study_id")
-    try:
-        from cxr.reports import report_columns
-    except ImportError:  # reports module not installed in this build: paths only
-        cols = find_report_paths(raw, studies)
-        cols = cols.with_columns(pl.lit(None, pl.String).alias(s) for s in REPORT_SECTIONS)
-    else:
-        cols = report_columns(raw, studies)
+    cols = report_columns(raw, studies)
     df = df.join(cols, on="study_id", how="left")
     if require:
         excl.add("no_report", df.filter(pl.col("report_path").is_null()))
