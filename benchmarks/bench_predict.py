@@ -51,6 +51,7 @@ def bench_predict(repeats: int) -> None:
     if not jpeg.exists():
         _make_jpeg(jpeg)
     model = create_model("densenet121", num_labels=len(LABELS), in_chans=1).eval()
+    model = model.to(memory_format=torch.channels_last)  # as cxr.inference.load_model does
     pre = Preprocess(image_size=224, mean=0.5, std=0.25)
     print(f"torch threads: {torch.get_num_threads()}, JPEG {jpeg.stat().st_size / 1e6:.2f} MB")
 
