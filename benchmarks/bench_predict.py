@@ -101,7 +101,12 @@ def bench_metrics(n_studies: int = 3000, n_boot: int = 1000) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     bench_metrics()
     bench_predict(args.repeats)
 
