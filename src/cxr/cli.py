@@ -15,9 +15,7 @@ from cxr import __version__
 from cxr.errors import CxrError
 
 # Order is the order shown in `cxr --help`: the pipeline's order.
-COMMANDS: tuple[str, ...] = (
-    # "demo",  (enabled when cxr.commands.demo lands)
-)
+COMMANDS: tuple[str, ...] = ("demo",)
 
 
 def build_parser() -> argparse.ArgumentParser:
