@@ -750,8 +750,13 @@ def _report(rng: np.random.Generator, study: _Study) -> tuple[str, dict[str, str
         ]
     elif layout == "no_impression":
         sections += [("FINDINGS", "findings", findings_text, True)]
-    elif layout == "no_findings":
-        sections += [(imp_header, "impression", impression_text, True)]
+    elif layout == "no_findings":  # the impression then carries the negations too
+        full = (
+            "  ".join([*impression, *neg])
+            if (pos or unc or normal)
+            else "  ".join(neg or impression)
+        )
+        sections += [(imp_header, "impression", full, True)]
     elif layout == "combined":
         sections += [("FINDINGS AND IMPRESSION", "impression", findings_text, True)]
     else:  # bare paragraphs, no headers at all: parsers fall back on the last paragraph
