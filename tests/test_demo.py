@@ -246,7 +246,9 @@ def test_report_text_agrees_with_labels(demo_raw, tables, demo_summary):
                 continue
             kind = {"1.0": 0, "0.0": 1, "-1.0": 2}[value]
             pats = [
-                re.escape(p).replace(r"\{side\}", r"(right|left|bilateral)")
+                re.escape(p)
+                .replace(r"\{side\}", r"(right|left)")
+                .replace(r"\{Side\}", r"(Right|Left)")
                 for p in PHRASES[name][kind]
             ]
             assert any(re.search(p, text, re.IGNORECASE) for p in pats), (study, name, value)

@@ -137,12 +137,23 @@ LABEL_KEYWORDS: dict[str, tuple[str, ...]] = {
     "Support Devices": ("tube", "catheter", "pacemaker"),
 }
 
-# (positive, negated, uncertain) phrasings; {side} is filled with "right", "left" or "bilateral".
+# (positive, negated, uncertain) phrasings; {side} is the patient's side where the signature is
+# drawn (the image's left is the patient's right on a frontal film).
+SIDES: dict[str, str] = {
+    "Atelectasis": "right",
+    "Consolidation": "left",
+    "Fracture": "right",
+    "Lung Lesion": "right",
+    "Lung Opacity": "left",
+    "Pleural Effusion": "right",
+    "Pleural Other": "left",
+    "Pneumothorax": "left",
+}
 PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "Atelectasis": (
-        ("Bibasilar atelectasis.", "Mild {side} basilar atelectasis is seen."),
+        ("{Side} upper lobe atelectasis.", "Mild {side} upper lobe atelectasis is seen."),
         ("No atelectasis.",),
-        ("Possible {side} basilar atelectasis.", "Minimal atelectasis cannot be excluded."),
+        ("Possible {side} upper lobe atelectasis.", "Minimal atelectasis cannot be excluded."),
     ),
     "Cardiomegaly": (
         ("Moderate cardiomegaly.", "The heart size is enlarged."),
@@ -150,7 +161,7 @@ PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
         ("Borderline heart size.", "Possible mild cardiomegaly."),
     ),
     "Consolidation": (
-        ("Focal consolidation in the {side} upper lobe.", "Dense {side} lung consolidation."),
+        ("Focal consolidation in the {side} upper lobe.", "Dense {side} upper lobe consolidation."),
         ("No focal consolidation.",),
         ("Possible {side} upper lobe consolidation.",),
     ),
@@ -175,9 +186,9 @@ PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
         ("Possible small {side} lung nodule, recommend CT.",),
     ),
     "Lung Opacity": (
-        ("Patchy {side} lower lung opacity.", "Hazy opacities at the {side} base."),
+        ("Patchy {side} lower lung opacity.", "Hazy opacity in the {side} lower lung."),
         ("No focal opacity.",),
-        ("Questionable faint {side} basilar opacity.",),
+        ("Questionable faint {side} lower lung opacity.",),
     ),
     "Pleural Effusion": (
         ("Moderate {side} pleural effusion.", "Small {side} pleural effusion."),
@@ -187,7 +198,7 @@ PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "Pleural Other": (
         ("Chronic {side} pleural thickening.", "Calcified {side} pleural plaque."),
         ("No pleural thickening.",),
-        ("Possible {side} apical pleural scarring.",),
+        ("Possible {side} lateral pleural scarring.",),
     ),
     "Pneumonia": (
         ("Findings consistent with pneumonia.", "Multifocal pneumonia."),
@@ -697,7 +708,8 @@ def _label_sentences(rng: np.random.Generator, labels: dict[str, float]):
         if math.isnan(v):
             continue
         choices = PHRASES[name][{1.0: 0, 0.0: 1, -1.0: 2}[v]]
-        text = str(rng.choice(choices)).format(side=rng.choice(["right", "left", "bilateral"]))
+        side = SIDES.get(name, "right")
+        text = str(rng.choice(choices)).format(side=side, Side=side.capitalize())
         text = text[0].upper() + text[1:]
         {1.0: pos, 0.0: neg, -1.0: unc}[v].append(text)
     return pos, neg, unc
