@@ -24,7 +24,7 @@ when no finding other than Support Devices is 1 or -1). Demo prevalences are muc
 (each finding is positive in 12-30% of abnormal studies, about 28% of studies are normal, 12% in the
 enriched test split) so that a demo-sized validate/test split has positives for every label. About
 1.5% of studies have no chexpert row (they are in split and metadata) and about 1.5% have a row
-with every label blank.
+with every label blank (both taken from train, so validate/test keep their PA studies).
 
 Planted signatures (coordinates are fractions of the frontal image: y from the top, x from the
 image's left, which is the patient's right on a PA film). Drawn at full strength for label 1, at
@@ -488,11 +488,12 @@ def _plan(seed: int, n_patients: int) -> list[_Study]:
     for s in studies:
         _sample_labels(rng, s)
     # A few studies without a chexpert row and a few rows with every label blank (as in the real
-    # files); never the ones the validate/test guarantees count on, so pick them first.
+    # files), taken from train so that validate/test keep the PA studies counted on above.
+    train = [s for s in studies if s.split == "train"]
     n_odd = max(1, round(0.015 * len(studies)))
-    picks = rng.choice(len(studies), size=min(len(studies), 2 * n_odd), replace=False)
+    picks = rng.choice(len(train), size=min(len(train), 2 * n_odd), replace=False)
     for j, i in enumerate(picks):
-        s = studies[int(i)]
+        s = train[int(i)]
         if j < n_odd:
             s.has_row = False
         s.labels = dict.fromkeys(schema.LABELS, math.nan)
