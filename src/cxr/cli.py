@@ -16,6 +16,8 @@ from cxr.errors import CxrError
 
 # Order is the order shown in `cxr --help`: the pipeline's order.
 COMMANDS: tuple[str, ...] = (
+    "demo",
+    "download",
     "verify",
     "manifest",
     "reports",
