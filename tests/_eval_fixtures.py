@@ -30,6 +30,7 @@ def _dicom_id(i: int) -> str:
 
 def make_checkpoint(path: Path, image_size: int = SIZE, policy: dict | None = None) -> Path:
     import torch
+
     from cxr.models import create_model
 
     torch.manual_seed(0)
