@@ -1,0 +1,115 @@
+"""Benchmark `cxr predict` latency and the evaluation metrics.
+
+1. Per-image latency of prediction for DenseNet-121 at 224 on the CPU, reading a 3056 x 2544 JPEG
+   (quality 95, CXR-like) each time: warm process, `cxr.predict.predict_files` called in-process
+   repeatedly with one image, median (goal <= 150 ms/image). Also the read+resize part alone.
+2. The metrics part of evaluation on 3,000 studies x 14 labels with 1,000 bootstrap resamples of
+   studies, synthetic predictions (goal < 10 s).
+
+    PYTHONPATH=src python benchmarks/bench_predict.py [--repeats 15]
+
+Inputs are generated under benchmarks/_work (gitignored) and never committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORK = Path(__file__).parent / "_work" / "predict"
+
+
+def _make_jpeg(path: Path, h: int = 3056, w: int = 2544) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    body = 90 + 70 * np.exp(-(((xx - w / 2) / (0.35 * w)) ** 2 + ((yy - h / 2) / (0.45 * h)) ** 2))
+    img = body + 25 * np.sin(yy / 40.0) * np.cos(xx / 55.0) + rng.normal(0, 12, (h, w))
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=95)
+
+
+def bench_predict(repeats: int) -> None:
+    import importlib
+
+    import torch
+
+    from cxr.inference import Preprocess
+    from cxr.predict import _read, predict_files
+    from cxr.schema import LABELS
+
+    create_model = importlib.import_module(
+        "cxr.models"
+    ).create_model  # the training helper's module
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    jpeg = WORK / "pa_3056x2544.jpg"
+    if not jpeg.exists():
+        _make_jpeg(jpeg)
+    model = create_model("densenet121", num_labels=len(LABELS), in_chans=1).eval()
+    model = model.to(memory_format=torch.channels_last)  # as cxr.inference.load_model does
+    pre = Preprocess(image_size=224, mean=0.5, std=0.25)
+    print(f"torch threads: {torch.get_num_threads()}, JPEG {jpeg.stat().st_size / 1e6:.2f} MB")
+
+    def once() -> float:
+        t = time.perf_counter()
+        result, _ = predict_files(model, pre, LABELS, [jpeg], batch_size=1)
+        assert len(result.rows) == 1
+        return time.perf_counter() - t
+
+    def read_once() -> float:
+        t = time.perf_counter()
+        list(_read([jpeg], pre))
+        return time.perf_counter() - t
+
+    for _ in range(3):  # warm-up: allocator, oneDNN kernels, page cache
+        once()
+    total = [once() for _ in range(repeats)]
+    read = [read_once() for _ in range(repeats)]
+    print(
+        f"predict one image (read + resize + DenseNet-121 @224): median {1e3 * statistics.median(total):.0f} ms "
+        f"(min {1e3 * min(total):.0f}, max {1e3 * max(total):.0f}) over {repeats} runs; goal <= 150 ms"
+    )
+    print(f"  of which read + fit_square: median {1e3 * statistics.median(read):.0f} ms")
+
+
+def bench_metrics(n_studies: int = 3000, n_boot: int = 1000) -> None:
+    from cxr.metrics import MetricsConfig, choose_thresholds, compute_metrics
+    from cxr.schema import LABELS
+
+    rng = np.random.default_rng(0)
+    n_labels = len(LABELS)
+    prev = rng.uniform(0.02, 0.5, n_labels)
+    y = (rng.random((n_studies, n_labels)) < prev).astype(float)
+    p = 1 / (1 + np.exp(-(2.0 * y - 1 + rng.normal(0, 1.2, y.shape))))
+    y[rng.random(y.shape) < 0.1] = np.nan  # uncertain / ignored blanks
+    yv, pv = y[:600], p[:600]
+    t = time.perf_counter()
+    th = choose_thresholds(yv, pv, LABELS)
+    m = compute_metrics(y, p, LABELS, th, config=MetricsConfig(n_bootstrap=n_boot, seed=0))
+    dt = time.perf_counter() - t
+    print(
+        f"metrics, {n_studies} studies x {n_labels} labels, {n_boot} bootstrap resamples: "
+        f"{dt:.2f} s (goal < 10 s); macro AUROC {m['macro']['auroc']:.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    bench_metrics()
+    bench_predict(args.repeats)
+
+
+if __name__ == "__main__":
+    main()

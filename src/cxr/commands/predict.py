@@ -1,0 +1,58 @@
+"""`cxr predict`: probabilities (and Grad-CAM overlays) for X-ray files: JPEG, PNG, DICOM."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "predict label probabilities for X-ray files or directories (JPEG, PNG, DICOM)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint (best.pt)")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    parser.add_argument("--cam", action="store_true", help="write Grad-CAM overlays to <out>/cam/")
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="labels per image with --cam (default 3)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for predictions.<format> (default: stdout)",
+    )
+    parser.add_argument("--format", default="csv", choices=("csv", "json"))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr.errors import CxrError
+    from cxr.predict import PredictConfig, predict
+    from cxr.progress import info
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise CxrError("--top-k and --batch-size must be >= 1")
+    cfg = PredictConfig(
+        checkpoint=args.checkpoint,
+        inputs=tuple(args.inputs),
+        cam=args.cam,
+        top_k=args.top_k,
+        out=args.out,
+        format=args.format,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    result, text = predict(cfg)
+    for file, reason in result.failures:
+        print(f"cxr predict: skipped {file}: {reason}", file=sys.stderr)
+    if cfg.out is None:
+        sys.stdout.write(text)
+    else:
+        info(f"{len(result.rows)} images -> {cfg.out / f'predictions.{cfg.format}'}")
+        if result.cams:
+            info(f"{len(result.cams)} Grad-CAM overlays -> {cfg.out / 'cam'}")
+    if not result.rows and not result.failures:
+        raise CxrError("no image files found in the inputs")
+    return 1 if result.failures else 0

@@ -1,0 +1,59 @@
+"""Grad-CAM: shape, range, where it looks; overlay shape and dtype."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cxr.explain import grad_cam, grad_cams, overlay
+
+
+class _LeftDetector(nn.Module):
+    """Logit 0 fires on bright pixels in the left half (the conv sees position via a fixed mask)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True))
+        with torch.no_grad():
+            self.features[0].weight.zero_()
+            self.features[0].bias.zero_()
+            self.features[0].weight[:, 0, 1, 1] = 1.0
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.head.weight.fill_(1.0)
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def test_grad_cam_hook_fallback_finds_the_signal():
+    torch.manual_seed(0)
+    model = _LeftDetector().eval()
+    x = torch.zeros(1, 32, 48)
+    x[0, 8:16, 4:12] = 1.0
+    cam = grad_cam(model, x, 0)
+    assert cam.shape == (32, 48) and cam.dtype == np.float32
+    assert cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    assert cam[8:16, 4:12].mean() > 5 * cam[20:, 30:].mean()
+
+
+def test_grad_cam_timm_backbone_at_input_size():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3, in_chans=1).eval()
+    x = torch.randn(1, 1, 64, 64)
+    maps = grad_cams(model, x, [0, 2])
+    assert len(maps) == 2
+    for cam in maps:
+        assert cam.shape == (64, 64)
+        assert cam.min() >= 0.0 and cam.max() <= 1.0
+
+
+def test_overlay_is_rgb_uint8_at_image_size():
+    img = (np.arange(40 * 30) % 256).astype(np.uint8).reshape(40, 30)
+    heat = np.linspace(0, 1, 20 * 15, dtype=np.float32).reshape(20, 15)
+    out = overlay(img, heat)
+    assert out.shape == (40, 30, 3) and out.dtype == np.uint8
+    # a zero heatmap leaves the image's brightness pattern visible
+    assert not np.array_equal(out[..., 0], out[..., 2])
