@@ -129,6 +129,9 @@ def test_bad_inputs(data, tmp_path):
     other, _ = make_fixture(tmp_path / "other", size=32, seed=9)
     with pytest.raises(CxrError, match="another manifest"):
         train(tiny(data, tmp_path / "r2", f"manifest='{other}'"))
+    # unknown model: named before any data is read
+    with pytest.raises(CxrError, match=r"unknown model 'vgg'.*densenet121"):
+        train(tiny(data, tmp_path / "r4", "model=vgg", "cache='/nonexistent'"))
     # nothing to resume
     with pytest.raises(CxrError, match="nothing to resume"):
         train(tiny(data, tmp_path / "r3"), resume=True)

@@ -38,7 +38,7 @@ from cxr.checkpoint import (
 from cxr.config import TrainConfig, config_to_dict, config_to_toml
 from cxr.data import BatchLoader, CxrDataset, open_cache, read_manifest
 from cxr.errors import CxrError
-from cxr.models import create_model
+from cxr.models import MODEL_NAMES, create_model
 from cxr.progress import err_console, info, make_progress
 
 IN_CHANS = 1
@@ -191,6 +191,8 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         )
     if not cfg.manifest or not cfg.cache:
         raise CxrError("config: manifest and cache paths must be set")
+    if cfg.model not in MODEL_NAMES:  # before any data is read
+        raise CxrError(f"unknown model {cfg.model!r}; valid: {', '.join(MODEL_NAMES)}")
     cuda = d.device.type == "cuda"
 
     # -- seeds, once ------------------------------------------------------------------------------
