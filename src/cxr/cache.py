@@ -212,6 +212,13 @@ def _locked(d: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _shareable(path: Path) -> None:
+    """Temporary files are created 0600; a cache is shared (several users, shards): umask decides."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _fsync_dir(d: Path) -> None:
     fd = os.open(d, os.O_RDONLY)
     try:
@@ -264,8 +271,10 @@ def open_or_create(d: Path, meta: dict, force: bool) -> tuple[dict, bool]:
             f.truncate(PAGE + n * size * size)  # sparse: zeros until written
             f.flush()
             os.fsync(f.fileno())
+            _shareable(tmp)
         (d / JOURNAL).mkdir(exist_ok=True)
         write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+        _shareable(meta_path)
         _fsync_dir(d)
         return meta, True
 
@@ -311,6 +320,7 @@ def write_index(d: Path, dicom_ids: pl.Series, errors: list[str | None]) -> None
     )
     with atomic_path(d / INDEX) as tmp:
         index.write_parquet(tmp, statistics=False)
+        _shareable(tmp)
 
 
 # Worker side: each process maps images.npy once, read-write.
@@ -392,15 +402,18 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
     skipped = int((mine_mask & done & ~failed_before).sum())
 
     paths = df["image_path"].to_list()
+    workers = max(1, config.workers or os.cpu_count() or 1)
+    # Small enough chunks that every worker gets several (load balance), capped for fewer flushes.
+    chunk = max(1, min(config.chunk, -(-len(todo_rows) // (workers * 4))))
     tasks = [
-        [(int(r), str(raw / paths[r])) for r in todo_rows[i : i + config.chunk]]
-        for i in range(0, len(todo_rows), config.chunk)
+        [(int(r), str(raw / paths[r])) for r in todo_rows[i : i + chunk]]
+        for i in range(0, len(todo_rows), chunk)
     ]
     dicom_ids = df["dicom_id"]
     failed: list[tuple[str, str]] = []
     n_done = 0
     if tasks:
-        n_done, failed = _run_tasks(d, tasks, config, len(todo_rows), dicom_ids)
+        n_done, failed = _run_tasks(d, tasks, config, workers, len(todo_rows), dicom_ids)
 
     done, errors = read_journal(d, n)
     complete = bool(done.all())
@@ -417,13 +430,12 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
     )
 
 
-def _run_tasks(d, tasks, config, total, dicom_ids) -> tuple[int, list[tuple[str, str]]]:
+def _run_tasks(d, tasks, config, workers, total, dicom_ids) -> tuple[int, list[tuple[str, str]]]:
     from rich.progress import TextColumn
 
     from cxr.progress import make_progress
 
-    workers = config.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(tasks)))
+    workers = min(workers, len(tasks))
     journal = _Journal(d, config.shard)
     failed: list[tuple[str, str]] = []
     n_done = 0

@@ -59,10 +59,13 @@ def run(args: argparse.Namespace) -> int:
     result = build_cache(config)
     rate = result.done / result.seconds if result.seconds > 0 else 0.0
     where = f" (shard {args.shard})" if args.shard else ""
-    info(
-        f"cache {config.cache_dir}{where}: {result.done} decoded ({rate:.0f} images/s), "
-        f"{result.skipped} skipped as already cached, {len(result.failed)} failed"
-    )
+    if result.done == 0 and not result.failed:
+        info(f"cache {config.cache_dir}{where}: nothing to do, {result.skipped} already cached")
+    else:
+        info(
+            f"cache {config.cache_dir}{where}: {result.done} decoded ({rate:.0f} images/s), "
+            f"{result.skipped} skipped as already cached, {len(result.failed)} failed"
+        )
     if result.failed:
         # Failures are always printed (not only without --quiet): they need the user's attention.
         # dicom_id and reason only: paths contain subject_id.
