@@ -7,7 +7,8 @@ DATA    ?= data
 DEMO_PATIENTS ?= 120
 CXR     := $(BIN)/cxr
 
-.PHONY: demo test lint venv demo-data verify manifest clean-demo
+.PHONY: demo test lint venv demo-data verify manifest verify-manifest reports preprocess clean-demo \
+	download-metadata download-subset
 
 venv: $(STAMP)
 
@@ -18,7 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## The whole pipeline on synthetic data, on the CPU.
-demo: $(STAMP) demo-data verify manifest
+demo: $(STAMP)
+	$(MAKE) --no-print-directory demo-data verify manifest verify-manifest
 
 demo-data: $(STAMP)
 	$(CXR) demo --out $(DATA)/raw --n-patients $(DEMO_PATIENTS) --seed 0
@@ -28,6 +30,22 @@ verify: $(STAMP)
 
 manifest: $(STAMP)
 	$(CXR) manifest --raw $(DATA)/raw --out $(DATA)/processed/manifest.parquet
+
+verify-manifest: $(STAMP)
+	$(CXR) verify --raw $(DATA)/raw --manifest $(DATA)/processed/manifest.parquet
+
+preprocess: $(STAMP)
+	$(CXR) --data-dir $(DATA) preprocess --size 256
+
+reports: $(STAMP)
+	$(CXR) reports --raw $(DATA)/raw
+
+# Real data (PhysioNet credentials in PHYSIONET_USERNAME / PHYSIONET_PASSWORD or ~/.netrc).
+download-metadata: $(STAMP)
+	$(CXR) download metadata --dest $(DATA)/raw
+
+download-subset: $(STAMP)
+	$(CXR) download subset --dest $(DATA)/raw --manifest $(DATA)/processed/manifest.parquet
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

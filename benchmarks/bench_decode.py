@@ -27,6 +27,7 @@ import polars as pl
 from PIL import Image
 
 from cxr.images import fit_geometry, fit_square, load_xray
+from cxr.schema import LABELS
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "decode"
@@ -106,9 +107,14 @@ def write_manifest(paths: list[Path], rows: int) -> None:
     df = pl.DataFrame(
         {
             "dicom_id": [f"{i:08x}-00000000-00000000-00000000-00000000" for i in range(rows)],
+            "study_id": [50000000 + i for i in range(rows)],
+            "subject_id": [10000000 + i for i in range(rows)],
+            "split": ["train"] * rows,
+            "view_position": ["PA"] * rows,
             "image_path": [paths[i % len(paths)].name for i in range(rows)],
+            "report_path": pl.Series([None] * rows, dtype=pl.String),
         }
-    )
+    ).with_columns(pl.lit(None, dtype=pl.Float32).alias(label) for label in LABELS)
     df.write_parquet(processed / "manifest.parquet")
     (processed / "manifest.json").write_text(json.dumps({"raw_dir": str(WORK / "raw")}))
 

@@ -153,28 +153,20 @@ def file_sha256(path: Path) -> str:
 
 def read_manifest_images(manifest: Path, raw: Path | None) -> tuple[pl.DataFrame, Path, str]:
     """(dicom_id, image_path) in manifest order, the raw root, and the manifest's sha256."""
-    if not manifest.is_file():
-        raise InputError(f"{manifest}: manifest not found (run `cxr manifest`)")
-    try:
-        df = pl.read_parquet(manifest)
-    except Exception as exc:
-        raise InputError(f"{manifest}: not a readable parquet file: {exc}") from None
-    missing = [c for c in ("dicom_id", "image_path") if c not in df.columns]
-    if missing:
-        raise InputError(f"{manifest}: missing column(s) {', '.join(missing)}")
+    from cxr.manifest import read_manifest, read_manifest_info
+
+    df = read_manifest(manifest)  # one-line errors for a missing or malformed manifest
     df = df.select(pl.col("dicom_id").cast(pl.String), pl.col("image_path").cast(pl.String))
     if df["dicom_id"].null_count() or df["image_path"].null_count():
         raise InputError(f"{manifest}: null dicom_id or image_path")
     if df["dicom_id"].n_unique() != df.height:
         raise InputError(f"{manifest}: duplicate dicom_id values")
     if raw is None:
-        info_path = manifest.with_name("manifest.json")
-        try:
-            raw_dir = json.loads(info_path.read_text(encoding="utf-8")).get("raw_dir")
-        except (OSError, ValueError):
-            raw_dir = None
+        raw_dir = read_manifest_info(manifest).get("raw_dir")
         if not raw_dir:
-            raise InputError(f"{info_path}: no raw_dir recorded; pass --raw DIR")
+            raise InputError(
+                f"{manifest.with_name('manifest.json')}: no raw_dir recorded; pass --raw"
+            )
         raw = Path(raw_dir)
     return df, raw, file_sha256(manifest)
 

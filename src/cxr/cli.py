@@ -16,8 +16,12 @@ from cxr.errors import CxrError
 
 # Order is the order shown in `cxr --help`: the pipeline's order.
 COMMANDS: tuple[str, ...] = (
-    # "demo",  (enabled when cxr.commands.demo lands)
+    "demo",
+    "download",
+    "verify",
+    "manifest",
     "preprocess",
+    "reports",
 )
 
 

@@ -1,0 +1,746 @@
+"""Download MIMIC-CXR-JPG from PhysioNet: the metadata first, then only the manifest's files.
+
+`download_metadata` fetches `SHA256SUMS.txt` and the chexpert, split and metadata `.csv.gz` files.
+`download_subset` fetches exactly the manifest's JPEGs (from MIMIC-CXR-JPG) and its studies' reports
+(from MIMIC-CXR, which has its own checksum listing), in parallel threads.
+
+Every file is written as `<name>.part`, checked against its SHA-256 and only then renamed, so a file
+under its final name is always complete and right. A `.part` left by an interrupted run is resumed
+with an HTTP Range request. Files already present with the right checksum cost no request.
+
+Credentials come from PHYSIONET_USERNAME / PHYSIONET_PASSWORD, ~/.netrc or a prompt, travel only in
+`session.auth` (never in a URL), and never appear in output, logs, files or exception text. Paths in
+printed messages have the subject folder masked (`p********`), since subject_id never leaves data/.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import ipaddress
+import logging
+import netrc
+import os
+import random
+import re
+import sys
+import threading
+from collections.abc import Callable, Container, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from cxr import schema
+from cxr.errors import CxrError, InputError
+
+JPG_BASE_URL = f"https://physionet.org/files/mimic-cxr-jpg/{schema.VERSION}/"
+REPORTS_BASE_URL = f"https://physionet.org/files/mimic-cxr/{schema.VERSION}/"
+JPG_PROJECT = "MIMIC-CXR-JPG"
+REPORTS_PROJECT = "MIMIC-CXR"
+PROJECT_PAGES = {
+    JPG_PROJECT: f"https://physionet.org/content/mimic-cxr-jpg/{schema.VERSION}/",
+    REPORTS_PROJECT: f"https://physionet.org/content/mimic-cxr/{schema.VERSION}/",
+}
+# Where each project's checksum listing is kept under the destination (MIMIC-CXR's is renamed so
+# the two listings can sit side by side in the raw root).
+JPG_SUMS = schema.SHA256SUMS
+REPORTS_SUMS = "mimic-cxr-reports-SHA256SUMS.txt"
+METADATA_FILES: tuple[str, ...] = tuple(f"{name}.gz" for name in schema.REQUIRED_CSVS)
+
+ENV_USERNAME = "PHYSIONET_USERNAME"
+ENV_PASSWORD = "PHYSIONET_PASSWORD"
+PHYSIONET_HOST = "physionet.org"
+
+# Top-level files the two projects ship (plus our renamed listing); anything else in a listing must
+# live under files/.
+_CSV_STEMS = ("chexpert", "negbio", "split", "metadata")
+TOP_LEVEL_FILES: frozenset[str] = frozenset(
+    {
+        schema.SHA256SUMS,
+        REPORTS_SUMS,
+        "LICENSE.txt",
+        "README",
+        "README.md",
+        "IMAGE_FILENAMES",
+        "mimic-cxr-2.1.0-test-set-labeled.csv",
+        "mimic-cxr-reports.zip",
+        "mimic-cxr-reports.tar.gz",
+        "cxr-record-list.csv.gz",
+        "cxr-study-list.csv.gz",
+    }
+    | {f"mimic-cxr-{schema.VERSION}-{stem}.csv{gz}" for stem in _CSV_STEMS for gz in ("", ".gz")}
+)
+
+_SAFE_PATH_RE = re.compile(r"[A-Za-z0-9._/-]+")
+_SUMS_LINE_RE = re.compile(r"([0-9a-fA-F]{64}) [ *]?(.*)")
+_SUBJECT_DIR_RE = re.compile(r"(?<![A-Za-z0-9])p\d{8}(?!\d)")
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Options of `cxr download metadata` and `cxr download subset`."""
+
+    dest: Path
+    base_url: str = JPG_BASE_URL
+    reports_base_url: str = REPORTS_BASE_URL
+    manifest: Path | None = None
+    reports: bool = True
+    workers: int = 8
+    # Retries per file for connection errors, timeouts, 429 and 5xx (so at most retries + 1 tries).
+    retries: int = 5
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    connect_timeout_s: float = 15.0
+    # requests' read timeout: the longest wait for the next bytes, not for the whole file.
+    read_timeout_s: float = 60.0
+    chunk_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+    source: str = ""  # "environment", "~/.netrc", "prompt": safe to print
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to have under dest: its path relative to dest, its URL and its checksum."""
+
+    relpath: str
+    url: str
+    sha256: str
+    project: str
+
+
+@dataclass
+class Summary:
+    fetched: int = 0
+    fetched_bytes: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (display path, reason)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # (listing, entry, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A parsed SHA256SUMS file: safe entries, and the entries refused with why."""
+
+    entries: dict[str, str]
+    refused: list[tuple[str, str]]
+
+
+# --------------------------------------------------------------------------- pure planning logic
+
+
+def display_path(relpath: str) -> str:
+    """A path fit for printing: the subject folder (`p` + subject_id) masked."""
+    return _SUBJECT_DIR_RE.sub("p********", relpath)
+
+
+class _MaskSubjectFilter(logging.Filter):
+    """urllib3 logs request URLs at DEBUG; those name the subject folder. Mask it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = display_path(record.getMessage())
+        record.args = ()
+        return True
+
+
+def _mask_http_logs() -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _MaskSubjectFilter) for f in logger.filters):
+        logger.addFilter(_MaskSubjectFilter())
+
+
+def unsafe_reason(relpath: str) -> str | None:
+    """Why `relpath` may not be written under the destination, or None when it is safe.
+
+    Allowed: `[A-Za-z0-9._/-]` only, relative, no empty, `.` or `..` component, and either under
+    `files/` or one of the known top-level files. Checked lexically, so a `files/` that the user
+    made a symlink to another disk keeps working.
+    """
+    if not relpath:
+        return "empty path"
+    if relpath.startswith("/"):
+        return "absolute path"
+    if "\\" in relpath:
+        return "backslash in path"
+    if not _SAFE_PATH_RE.fullmatch(relpath):
+        return "unexpected characters in path"
+    parts = relpath.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "'..', '.' or empty component in path"
+    if parts[0] == schema.FILES_DIR:
+        if len(parts) < 2:
+            return "not a file under files/"
+        return None
+    if len(parts) == 1 and relpath in TOP_LEVEL_FILES:
+        return None
+    return "not under files/ and not a known top-level file"
+
+
+def parse_sha256sums(
+    text: str, source: str = schema.SHA256SUMS, keep: Container[str] | None = None
+) -> Listing:
+    """Parse `<sha256 hex> <relative path>` lines (sha256sum's ` *` binary marker accepted).
+
+    Unsafe paths and malformed lines are refused, not fatal: they are reported. With `keep`, only
+    entries whose path is in it are stored (MIMIC-CXR's listing has ~600k lines, we need a few).
+    Raises InputError when nothing in the text looks like a checksum line (an HTML error page...).
+    """
+    entries: dict[str, str] = {}
+    refused: list[tuple[str, str]] = []
+    n_valid = 0
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            continue
+        m = _SUMS_LINE_RE.fullmatch(line)
+        if m is None:
+            refused.append((f"line {lineno}", "not a '<sha256> <path>' line"))
+            continue
+        digest, relpath = m.group(1).lower(), m.group(2)
+        n_valid += 1
+        reason = unsafe_reason(relpath)
+        if reason is not None:
+            refused.append((relpath, reason))
+            continue
+        if keep is None or relpath in keep:
+            entries[relpath] = digest
+    if n_valid == 0:
+        raise InputError(f"{source}: no '<sha256> <path>' lines: not a checksum listing")
+    return Listing(entries, refused)
+
+
+def join_url(base_url: str, relpath: str) -> str:
+    return base_url.rstrip("/") + "/" + quote(relpath, safe="/")
+
+
+def plan_items(
+    relpaths: Iterable[str], listing: Mapping[str, str], base_url: str, project: str, source: str
+) -> tuple[list[Item], list[tuple[str, str]]]:
+    """The files to have, each with its checksum; unsafe or unlisted paths become failures."""
+    items: list[Item] = []
+    failed: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for relpath in relpaths:
+        if relpath in seen:
+            continue
+        seen.add(relpath)
+        reason = unsafe_reason(relpath)
+        if reason is not None:
+            failed.append((display_path(relpath), f"refused: {reason}"))
+            continue
+        digest = listing.get(relpath)
+        if digest is None:
+            failed.append((display_path(relpath), f"not listed in {source}"))
+            continue
+        items.append(Item(relpath, join_url(base_url, relpath), digest, project))
+    return items, failed
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def is_present(target: Path, sha256: str) -> bool:
+    """True when `target` exists with the expected checksum (then it is never fetched again)."""
+    try:
+        return target.is_file() and sha256_file(target) == sha256
+    except OSError:
+        return False
+
+
+def split_present(items: list[Item], dest: Path, workers: int = 1) -> tuple[list[Item], list[Item]]:
+    """(to_fetch, already_present): hashing runs in threads (hashlib releases the GIL)."""
+    if not items:
+        return [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        present = list(pool.map(lambda it: is_present(dest / it.relpath, it.sha256), items))
+    to_fetch = [it for it, p in zip(items, present, strict=True) if not p]
+    skipped = [it for it, p in zip(items, present, strict=True) if p]
+    return to_fetch, skipped
+
+
+def check_base_url(url: str, option: str = "--base-url") -> str:
+    """The URL with a trailing slash; https only, except plain http to a loopback host (tests)."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # Never echo such a URL: it holds a credential.
+        raise CxrError(
+            f"{option}: credentials in the URL are not accepted; use {ENV_USERNAME}/"
+            f"{ENV_PASSWORD} or ~/.netrc"
+        )
+    if not parts.hostname:
+        raise CxrError(f"{option}: not a URL: {url!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise CxrError(
+            f"{option}: {url} is not https; plain http is allowed only to loopback hosts"
+        )
+    if parts.scheme not in ("https", "http"):
+        raise CxrError(f"{option}: {url} is not https")
+    return url if url.endswith("/") else url + "/"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def report_relpath(subject_id: int, study_id: int) -> str:
+    """MIMIC-CXR's place for a study's report (the first of schema.report_relpaths)."""
+    return schema.report_relpaths(int(subject_id), int(study_id))[0]
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def resolve_credentials(
+    base_url: str,
+    env: Mapping[str, str] | None = None,
+    netrc_path: Path | None = None,
+    interactive: bool | None = None,
+) -> Credentials:
+    """Environment, else ~/.netrc (the base URL's host, then physionet.org), else a prompt."""
+    env = os.environ if env is None else env
+    user, password = env.get(ENV_USERNAME), env.get(ENV_PASSWORD)
+    if user and password:
+        return Credentials(user, password, "environment")
+    if netrc_path is None:
+        netrc_path = Path(env.get("NETRC") or Path.home() / ".netrc")
+    if netrc_path.is_file():
+        found = _from_netrc(netrc_path, [urlsplit(base_url).hostname or "", PHYSIONET_HOST])
+        if found is not None:
+            return found
+    if interactive is None:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    if interactive:
+        print("PhysioNet username: ", end="", file=sys.stderr, flush=True)
+        user = user or input().strip()
+        password = getpass.getpass("PhysioNet password: ")
+        if user and password:
+            return Credentials(user, password, "prompt")
+    raise CxrError(
+        f"no PhysioNet credentials: set {ENV_USERNAME} and {ENV_PASSWORD}, or add "
+        f"'machine {PHYSIONET_HOST} login USER password PASS' to ~/.netrc (mode 600)"
+    )
+
+
+def _from_netrc(path: Path, hosts: list[str]) -> Credentials | None:
+    try:
+        table = netrc.netrc(str(path))
+    except netrc.NetrcParseError as exc:
+        # exc.msg may quote a token of the file (a password): never show it.
+        why = "access too permissive (chmod 600)" if "permissive" in str(exc.msg) else "parse error"
+        raise CxrError(f"{path}: cannot read ({why}, line {exc.lineno})") from None
+    except OSError as exc:
+        raise CxrError(f"{path}: cannot read ({exc.strerror})") from None
+    for host in hosts:
+        auth = table.authenticators(host) if host else None
+        if auth and auth[0] and auth[2]:
+            return Credentials(auth[0], auth[2], "~/.netrc")
+    return None
+
+
+def auth_message(status: int, project: str, source: str = "") -> str:
+    """One line for a 401/403: wrong credentials, or the project's data use agreement unsigned."""
+    page = PROJECT_PAGES.get(project, "the project's PhysioNet page")
+    origin = f" (from {source})" if source else ""
+    if status == 401:
+        return (
+            f"PhysioNet refused the credentials{origin} for {project} (HTTP 401): check the "
+            f"username and password, and that the account is credentialed"
+        )
+    return (
+        f"PhysioNet denied access to {project} (HTTP 403): sign its data use agreement at {page} "
+        f"(or check the credentials{origin})"
+    )
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+class _FileFailed(Exception):
+    """This file cannot be fetched now; `reason` is safe to print (no URL, no credential)."""
+
+    def __init__(self, reason: str, keep_part: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.keep_part = keep_part
+
+
+class _AuthFailed(_FileFailed):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}", keep_part=True)
+        self.status = status
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    import requests
+    import urllib3
+
+    return (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+class Fetcher:
+    """Holds the HTTP session (made on first use, so a run with nothing to fetch needs no
+    credentials) and fetches files into `.part` then their final name."""
+
+    def __init__(
+        self,
+        cfg: DownloadConfig,
+        credentials: Callable[[], Credentials] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._credentials = credentials or (lambda: resolve_credentials(cfg.base_url))
+        self._session = None
+        self._source = ""
+        self._lock = threading.Lock()
+        self.on_bytes = on_bytes or (lambda n: None)
+        self.stop = threading.Event()
+        self.auth_failed: dict[str, str] = {}  # project -> message; later files fail at once
+
+    @property
+    def session(self):
+        with self._lock:
+            if self._session is None:
+                import requests
+                from requests.adapters import HTTPAdapter
+
+                creds = self._credentials()
+                _mask_http_logs()
+                session = requests.Session()
+                # requests reads ~/.netrc itself only when auth is unset; ours is always set.
+                session.auth = (creds.username, creds.password)
+                session.headers["User-Agent"] = "cxr-download"
+                # Byte offsets for Range must be the file's bytes, never a decoded stream.
+                session.headers["Accept-Encoding"] = "identity"
+                adapter = HTTPAdapter(
+                    pool_connections=2, pool_maxsize=max(2, self.cfg.workers), max_retries=0
+                )
+                session.mount("https://", adapter)
+                session.mount("http://", adapter)
+                self._session = session
+                self._source = creds.source
+            return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    def _backoff(self, attempt: int, retry_after: str | None = None) -> None:
+        cfg = self.cfg
+        delay = min(cfg.backoff_max_s, cfg.backoff_s * 2 ** (attempt - 1))
+        delay *= 0.5 + random.random() / 2  # jitter: parallel workers do not retry in lockstep
+        if retry_after and retry_after.strip().isdigit():
+            delay = max(delay, min(float(retry_after), cfg.backoff_max_s))
+        if self.stop.wait(delay):
+            raise _Stopped
+
+    def transfer(self, url: str, part: Path) -> None:
+        """Fill `part` with the resource at `url`, resuming from its current size with Range.
+
+        Retries connection errors, timeouts, 429 and 5xx with exponential backoff (bounded by
+        cfg.retries). Raises _FileFailed; the reason never contains the URL.
+        """
+        cfg = self.cfg
+        errors = _transient_errors()
+        last = ""
+        retry_after: str | None = None
+        for attempt in range(cfg.retries + 1):
+            if attempt:
+                self._backoff(attempt, retry_after)
+            retry_after = None
+            if self.stop.is_set():
+                raise _Stopped
+            offset = part.stat().st_size if part.exists() else 0
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            try:
+                with self.session.get(
+                    url,
+                    headers=headers,
+                    stream=True,
+                    timeout=(cfg.connect_timeout_s, cfg.read_timeout_s),
+                ) as resp:
+                    status = resp.status_code
+                    if status in (401, 403):
+                        raise _AuthFailed(status)
+                    if status == 416 and offset:
+                        return  # the .part already holds the whole file: verification decides
+                    if status == 429 or status >= 500:
+                        last = f"HTTP {status}"
+                        retry_after = resp.headers.get("Retry-After")
+                        continue
+                    if status == 206 and offset:
+                        m = _CONTENT_RANGE_RE.fullmatch(resp.headers.get("Content-Range", ""))
+                        if m is None or int(m.group(1)) != offset:
+                            part.unlink(missing_ok=True)  # a range we did not ask for: start over
+                            last = "unexpected Content-Range"
+                            continue
+                        mode = "ab"
+                    elif status == 200:
+                        mode = "wb"  # a fresh file, or a server that ignored Range: start over
+                    else:
+                        raise _FileFailed(f"HTTP {status}")
+                    part.parent.mkdir(parents=True, exist_ok=True)
+                    with open(part, mode) as fh:
+                        for chunk in resp.raw.stream(cfg.chunk_bytes, decode_content=False):
+                            if self.stop.is_set():
+                                raise _Stopped
+                            fh.write(chunk)
+                            self.on_bytes(len(chunk))
+                    return
+            except _FileFailed:
+                raise
+            except errors as exc:
+                # The class name only: str(exc) carries the URL (with the subject folder).
+                last = type(exc).__name__
+        raise _FileFailed(f"gave up after {cfg.retries + 1} tries: {last}", keep_part=True)
+
+    def fetch(self, item: Item, dest: Path) -> int:
+        """Make dest/item.relpath the verified file; returns its size. Raises _FileFailed."""
+        if item.project in self.auth_failed:
+            raise _FileFailed(self.auth_failed[item.project], keep_part=True)
+        target = dest / item.relpath
+        part = target.with_name(target.name + ".part")
+        try:
+            for round_ in (1, 2):
+                self.transfer(item.url, part)
+                if sha256_file(part) == item.sha256:
+                    size = part.stat().st_size
+                    os.replace(part, target)
+                    return size
+                # Wrong bytes (or a stale .part from elsewhere): delete, then one clean try more.
+                part.unlink(missing_ok=True)
+                if round_ == 2:
+                    raise _FileFailed("checksum mismatch (downloaded twice)")
+        except _AuthFailed as exc:
+            message = auth_message(exc.status, item.project, self._source)
+            self.auth_failed.setdefault(item.project, message)
+            raise _FileFailed(message, keep_part=True) from None
+        except _FileFailed as exc:
+            if not exc.keep_part:
+                part.unlink(missing_ok=True)
+            raise
+        raise AssertionError("unreachable")
+
+    def fetch_listing(self, base_url: str, project: str, target: Path, source: str) -> None:
+        """Download a checksum listing to `target` (atomically; it is the root of trust, so it is
+        only checked to parse)."""
+        part = target.with_name(target.name + ".part")
+        part.unlink(missing_ok=True)  # never resume a listing: it has no checksum of its own
+        try:
+            self.transfer(join_url(base_url, schema.SHA256SUMS), part)
+            parse_sha256sums(part.read_text(encoding="utf-8", errors="replace"), source)
+            os.replace(part, target)
+        except _AuthFailed as exc:
+            raise CxrError(auth_message(exc.status, project, self._source)) from None
+        except _FileFailed as exc:
+            raise CxrError(f"{source} of {project}: {exc.reason}") from None
+        finally:
+            part.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the two commands
+
+
+def _load_listing(
+    fetcher: Fetcher,
+    base_url: str,
+    project: str,
+    path: Path,
+    summary: Summary,
+    keep: Container[str] | None = None,
+) -> dict[str, str]:
+    if not path.is_file():
+        fetcher.fetch_listing(base_url, project, path, path.name)
+    listing = parse_sha256sums(path.read_text(encoding="utf-8", errors="replace"), path.name, keep)
+    summary.refused.extend((path.name, display_path(e), why) for e, why in listing.refused)
+    return listing.entries
+
+
+def _run_items(fetcher: Fetcher, items: list[Item], dest: Path, summary: Summary) -> None:
+    """Fetch `items` in parallel with a progress bar; outcomes go into `summary`."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from cxr.progress import bars_enabled
+
+    workers = max(1, min(fetcher.cfg.workers, len(items) or 1))
+    total_files = len(items)
+    done = {"files": 0, "bytes_done_files": 0}
+    # make_progress's conventions (drawn only on a terminal, never with --quiet), with byte
+    # columns instead of its item count: the task counts bytes, the files go in a field.
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("files {task.fields[files]}"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not bars_enabled(),
+    )
+    task = progress.add_task("download", total=None, files=f"0/{total_files}")
+    fetcher.on_bytes = lambda n: progress.advance(task, n)
+
+    def on_done(size: int | None) -> None:
+        done["files"] += 1
+        if size is not None:
+            done["bytes_done_files"] += size
+        # Bytes are unknown until fetched: estimate the total from the files finished so far, so
+        # the bar and "time left" mean something.
+        n_sized = summary.fetched
+        total = None
+        if n_sized:
+            mean = done["bytes_done_files"] / n_sized
+            current = progress.tasks[0].completed
+            total = current + mean * (total_files - done["files"])
+        progress.update(task, total=total, files=f"{done['files']}/{total_files}")
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-download")
+    try:
+        with progress:
+            futures = {pool.submit(fetcher.fetch, it, dest): it for it in items}
+            for fut in as_completed(futures):
+                item = futures[fut]
+                try:
+                    size = fut.result()
+                except _FileFailed as exc:
+                    summary.failed.append((display_path(item.relpath), exc.reason))
+                    on_done(None)
+                    continue
+                summary.fetched += 1
+                summary.fetched_bytes += size
+                on_done(size)
+    except BaseException:
+        # Ctrl-C: workers stop between chunks; their .part files are resumed next time.
+        fetcher.stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def download_metadata(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Summary:
+    """SHA256SUMS.txt, then the chexpert, split and metadata `.csv.gz`, verified."""
+    base = check_base_url(cfg.base_url)
+    fetcher = fetcher or Fetcher(cfg)
+    summary = Summary()
+    dest = Path(cfg.dest)
+    try:
+        listing = _load_listing(fetcher, base, JPG_PROJECT, dest / JPG_SUMS, summary)
+        items, failed = plan_items(METADATA_FILES, listing, base, JPG_PROJECT, JPG_SUMS)
+        summary.failed.extend(failed)
+        to_fetch, skipped = split_present(items, dest)
+        summary.skipped = len(skipped)
+        if to_fetch:
+            _run_items(fetcher, to_fetch, dest, summary)
+    finally:
+        fetcher.close()
+    return summary
+
+
+def read_manifest_paths(path: Path) -> tuple[list[str], list[str]]:
+    """(image relpaths, report relpaths) of a manifest (read and checked by cxr.manifest)."""
+    from cxr.manifest import read_manifest
+
+    df = read_manifest(path)
+    images = [p for p in df["image_path"].to_list() if p is not None]
+    studies = df.select("subject_id", "study_id").drop_nulls().unique(maintain_order=True)
+    reports = [
+        report_relpath(s, t)
+        for s, t in zip(studies["subject_id"].to_list(), studies["study_id"].to_list(), strict=True)
+    ]
+    return images, reports
+
+
+def download_subset(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Summary:
+    """Exactly the manifest's JPEGs and (unless cfg.reports is False) its studies' reports."""
+    base = check_base_url(cfg.base_url)
+    reports_base = check_base_url(cfg.reports_base_url, "--reports-base-url")
+    if cfg.manifest is None:
+        raise CxrError("no manifest given")
+    images, reports = read_manifest_paths(Path(cfg.manifest))
+    if not cfg.reports:
+        reports = []
+    fetcher = fetcher or Fetcher(cfg)
+    summary = Summary()
+    dest = Path(cfg.dest)
+    try:
+        jpg_sums = _load_listing(
+            fetcher, base, JPG_PROJECT, dest / JPG_SUMS, summary, keep=frozenset(images)
+        )
+        items, failed = plan_items(images, jpg_sums, base, JPG_PROJECT, JPG_SUMS)
+        summary.failed.extend(failed)
+        if reports:
+            rep_sums = _load_listing(
+                fetcher,
+                reports_base,
+                REPORTS_PROJECT,
+                dest / REPORTS_SUMS,
+                summary,
+                keep=frozenset(reports),
+            )
+            rep_items, failed = plan_items(
+                reports, rep_sums, reports_base, REPORTS_PROJECT, REPORTS_SUMS
+            )
+            items += rep_items
+            summary.failed.extend(failed)
+        to_fetch, skipped = split_present(items, dest, cfg.workers)
+        summary.skipped = len(skipped)
+        if to_fetch:
+            _run_items(fetcher, to_fetch, dest, summary)
+    finally:
+        fetcher.close()
+    return summary
+
+
+def format_summary(summary: Summary, max_lines: int = 20) -> tuple[list[str], list[str]]:
+    """(lines for stdout, lines for stderr): counts, then what failed and why, then refusals."""
+    out = [
+        f"fetched {summary.fetched} files ({summary.fetched_bytes / 1e6:.1f} MB), "
+        f"{summary.skipped} already present and verified, {len(summary.failed)} failed"
+    ]
+    err: list[str] = []
+    if summary.refused:
+        err.append(f"refused {len(summary.refused)} unsafe or malformed checksum-listing entries:")
+        err += [f"  {src}: {entry}: {why}" for src, entry, why in summary.refused[:max_lines]]
+        if len(summary.refused) > max_lines:
+            err.append(f"  ... and {len(summary.refused) - max_lines} more")
+    if summary.failed:
+        err.append(f"failed ({len(summary.failed)}):")
+        err += [f"  {path}: {why}" for path, why in summary.failed[:max_lines]]
+        if len(summary.failed) > max_lines:
+            err.append(f"  ... and {len(summary.failed) - max_lines} more")
+        err.append("rerun the same command to retry; finished files are not fetched again")
+    return out, err

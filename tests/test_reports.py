@@ -1,0 +1,400 @@
+"""Report sectioning: the official example, every synonym, bad input, both file places, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cxr.cli import main
+from cxr.reports import (
+    SECTION_SYNONYMS,
+    decode_report,
+    find_report,
+    labeler_text,
+    normalize_section_name,
+    parse_report,
+    parse_report_flags,
+    read_report,
+    report_columns,
+    section_files,
+)
+
+DATA = Path(__file__).parent / "data"
+EXAMPLE = DATA / "mimic_cxr_example_report.txt"
+
+
+def _report(*sections: tuple[str, str], title: str = "FINAL REPORT") -> str:
+    """A report in the real layout: centred title, every line starting with a space."""
+    lines = [" " * 33 + title]
+    for header, body in sections:
+        lines.append(f" {header}: ")
+        lines.append(" ")
+        lines.extend(f" {line}" for line in body.splitlines())
+        lines.append(" ")
+    return "\n".join(lines) + "\n"
+
+
+def test_official_example():
+    sections = parse_report(EXAMPLE.read_text())
+    assert sections == {
+        "preamble": "FINAL REPORT",
+        "examination": "CHEST (PA AND LAT)",
+        "indication": "___ year old woman with ?pleural effusion // ?pleural effusion",
+        "technique": "Chest PA and lateral",
+        "comparison": "___",
+        "findings": "Cardiac size cannot be evaluated. Large left pleural effusion is new. Small "
+        "right effusion is new. The upper lungs are clear. Right lower lobe opacities are better "
+        "seen in prior CT. There is no pneumothorax. There are mild degenerative changes in the "
+        "thoracic spine",
+        "impression": "Large left pleural effusion",
+    }
+    assert labeler_text(sections) == "Large left pleural effusion"
+
+
+@pytest.mark.parametrize(("header", "expected"), sorted(SECTION_SYNONYMS.items()))
+def test_each_synonym(header, expected):
+    # A findings (or impression) section after it keeps the last-paragraph rule out of the way.
+    closing = "IMPRESSION" if expected == "findings" else "FINDINGS"
+    opening = "EXAMINATION" if expected != "examination" else "TECHNIQUE"
+    text = _report((opening, "CHEST"), (header.upper(), "Body text here."), (closing, "x"))
+    sections = parse_report(text)
+    assert sections[expected] == "Body text here.", sections
+
+
+def test_table_is_large_and_fixes_official_bug():
+    assert len(SECTION_SYNONYMS) >= 50
+    assert SECTION_SYNONYMS["ndication"] == "indication"
+    assert SECTION_SYNONYMS["findings and impression"] == "impression"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("FINAL IMPRESSION", "impression"),
+        ("PRELIMINARY FINDINGS", "findings"),
+        ("PAST HISTORY", "history"),
+        ("COMPARISON TO PRIOR", "comparison"),
+        ("PA AND LATERAL CHEST RADIOGRAPHS", "findings"),
+        ("PORTABLE SEMI-UPRIGHT AP", "findings"),
+        ("NOTE", "note"),
+        ("DR NOTIFIED (BY PHONE)", "dr_notified_(by_phone)"),
+    ],
+)
+def test_fallback_rules(header, expected):
+    assert normalize_section_name(header) == expected
+
+
+def test_prose_paragraphs_and_spaces():
+    text = _report(("FINDINGS", "Line one\ncontinues  here.\n\nSecond   paragraph."))
+    assert parse_report(text)["findings"] == "Line one continues here.\nSecond paragraph."
+
+
+def test_empty_sections_dropped_and_duplicate_sections_joined():
+    text = " FINAL REPORT\n FINDINGS:\n \n FINDINGS: a\n \n IMPRESSION: one\n \n IMPRESSION: two\n"
+    sections = parse_report(text)
+    assert sections["findings"] == "a"
+    assert sections["impression"] == "one\ntwo"
+    assert all(v for v in sections.values())
+
+
+def test_header_right_after_header_and_first_line_and_end():
+    assert parse_report("FINDINGS:\n IMPRESSION: Normal.")["impression"] == "Normal."
+    assert parse_report(" FINDINGS: clear lungs")["findings"] == "clear lungs"
+    assert parse_report(" FINDINGS: x\n IMPRESSION:") == {"findings": "x"}
+
+
+def test_headers_without_following_newline():
+    text = " FINAL REPORT\n INDICATION: cough. FINDINGS: inline is not a header\n IMPRESSION: ok"
+    sections = parse_report(text)
+    assert sections["indication"] == "cough. FINDINGS: inline is not a header"
+    assert sections["impression"] == "ok"
+
+
+def test_crlf_and_lone_cr():
+    text = EXAMPLE.read_text().replace("\n", "\r\n")
+    sections, flags = parse_report_flags(text)
+    assert flags["crlf"]
+    assert sections == parse_report(EXAMPLE.read_text())
+    assert parse_report(EXAMPLE.read_text().replace("\n", "\r")) == sections
+
+
+def test_empty_and_whitespace_and_none():
+    for text in ("", "   \n \n", "\ufeff"):
+        sections, flags = parse_report_flags(text)
+        assert sections == {} and flags["empty"]
+        assert labeler_text(sections) == ""
+    assert parse_report(None) == {}
+
+
+def test_no_header():
+    sections, flags = parse_report_flags("                FINAL REPORT\n Lungs are clear.\n")
+    assert flags["no_header"]
+    assert sections == {"preamble": "FINAL REPORT", "last_paragraph": "Lungs are clear."}
+    text = " FINAL REPORT\n Portable chest.\n \n No pneumothorax.\n \n Tube in place.\n"
+    sections = parse_report(text)
+    assert sections["last_paragraph"] == "No pneumothorax.\nTube in place."
+    assert labeler_text(sections) == "No pneumothorax.\nTube in place."
+
+
+def test_last_paragraph_only_without_findings_or_impression():
+    text = " FINAL REPORT\n INDICATION: cough\n \n COMPARISON:  None.\n \n The lungs are clear.\n"
+    sections = parse_report(text)
+    assert sections["comparison"] == "None."
+    assert sections["last_paragraph"] == "The lungs are clear."
+    assert labeler_text(sections) == "The lungs are clear."
+    # As in the official parser, a section opening with a blank line gives all of its text.
+    text = _report(("INDICATION", "cough"), ("NOTE", "Lungs clear.\n\nNo effusion."))
+    sections = parse_report(text)
+    assert "note" not in sections
+    assert sections["last_paragraph"] == "Lungs clear.\nNo effusion."
+    with_findings = _report(("FINDINGS", "a\n\nb"))
+    assert "last_paragraph" not in parse_report(with_findings)
+
+
+def test_labeler_text_order():
+    assert labeler_text({"impression": "i", "findings": "f"}) == "i"
+    assert labeler_text({"findings": "f", "last_paragraph": "p"}) == "f"
+    assert labeler_text({"last_paragraph": "p"}) == "p"
+    assert labeler_text({}) == ""
+
+
+def test_addenda_kept_apart():
+    text = (
+        "                                 FINAL ADDENDUM\n"
+        " ADDENDUM:  Findings were discussed with Dr. ___ at 10:00.\n"
+        " \n"
+        " ______________________________________________________________________________\n"
+        + EXAMPLE.read_text()
+    )
+    sections = parse_report(text)
+    assert sections["addendum"] == "Findings were discussed with Dr. ___ at 10:00."
+    assert sections["impression"] == "Large left pleural effusion"
+    assert sections["preamble"] == "FINAL REPORT"
+    # A trailing rule with nothing after it is not an addendum separator.
+    assert "addendum" not in parse_report(EXAMPLE.read_text() + " " + "_" * 40 + "\n")
+
+
+def test_very_long_report():
+    body = "The lungs are clear without consolidation.\n" * 20000
+    sections = parse_report(_report(("FINDINGS", body), ("IMPRESSION", "Normal.")))
+    assert len(sections["findings"]) > 800_000
+    assert sections["impression"] == "Normal."
+
+
+def test_decode_non_utf8(tmp_path):
+    assert decode_report(b"plain") == ("plain", 0)
+    text, n = decode_report(b" FINDINGS: caf\xe9 \xff\n")
+    assert n == 2 and "\ufffd" in text
+    # A real U+FFFD already in the file is not counted as replaced.
+    assert decode_report("ok \ufffd".encode() + b"\xff")[1] == 1
+    p = tmp_path / "r.txt"
+    p.write_bytes(b" FINDINGS: bad \x80 byte\n IMPRESSION: ok\n")
+    text, n = read_report(p)
+    assert n == 1 and parse_report(text)["impression"] == "ok"
+
+
+# -- property: never raises, loses no findings or impression words --------------------------------
+
+_WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz.,;()?/-_0123456789", min_size=1, max_size=10)
+_LINE = st.lists(_WORD, min_size=1, max_size=8).map(" ".join)
+_BODY = st.lists(_LINE, min_size=1, max_size=6).map(lambda lines: "\n".join(lines))
+_NOISE = st.sampled_from(["", "\n", "\r\n", "   ", "\n \n", "\t"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    findings=_BODY,
+    impression=_BODY,
+    crlf=st.booleans(),
+    noise=_NOISE,
+    findings_header=st.sampled_from(["FINDINGS", "FINDING", "PA AND LATERAL VIEWS OF THE CHEST"]),
+    impression_header=st.sampled_from(["IMPRESSION", "CONCLUSION", "IMPRESSON"]),
+    addendum=st.booleans(),
+)
+def test_property_keeps_findings_and_impression_words(
+    findings, impression, crlf, noise, findings_header, impression_header, addendum
+):
+    text = _report(
+        ("INDICATION", "cough"), (findings_header, findings), (impression_header, impression)
+    )
+    if addendum:
+        text = " ADDENDUM: see below\n " + "_" * 60 + "\n" + text
+    text = noise + text
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    sections = parse_report(text)
+    for words, key in ((findings.split(), "findings"), (impression.split(), "impression")):
+        assert sections[key].split() == words
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400) | st.binary(max_size=400).map(lambda b: decode_report(b)[0]))
+def test_property_never_raises(text):
+    sections = parse_report(text)
+    assert all(isinstance(v, str) and v for v in sections.values())
+    assert isinstance(labeler_text(sections), str)
+
+
+# -- files on disk ------------------------------------------------------------------------------
+
+SUBJECT, STUDY = 10000032, 50414267
+
+
+def _write_tree(root: Path) -> dict[int, str]:
+    """A small raw tree: reports in both places, one in both, one non-UTF-8, one empty."""
+    files = root / "files" / "p10" / f"p{SUBJECT}"
+    (files / f"s{STUDY}").mkdir(parents=True)
+    reports = {
+        STUDY: (files / f"s{STUDY}.txt", EXAMPLE.read_bytes()),
+        50000001: (
+            files / "s50000001" / "s50000001.txt",
+            _report(("FINDINGS", "Clear."), ("IMPRESSION", "Normal.")).encode(),
+        ),
+        50000002: (files / "s50000002.txt", b" FINAL REPORT\r\n IMPRESSION: caf\xe9\r\n"),
+        50000003: (files / "s50000003.txt", b""),
+    }
+    other = root / "files" / "p11" / "p11000001" / "s50000004"
+    other.mkdir(parents=True)
+    reports[50000004] = (other / "s50000004.txt", b" FINAL REPORT\n Lungs clear.\n")
+    for path, data in reports.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    # The same study in both places: the official one wins.
+    (files / f"s{STUDY}" / f"s{STUDY}.txt").write_text(" FINAL REPORT\n IMPRESSION: stale\n")
+    (files / f"s{STUDY}" / "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg").write_bytes(b"x")
+    return {k: str(p.relative_to(root)) for k, (p, _) in reports.items()}
+
+
+def test_find_report_both_places(tmp_path):
+    rel = _write_tree(tmp_path)
+    assert (
+        find_report(tmp_path, SUBJECT, STUDY) == rel[STUDY] == f"files/p10/p{SUBJECT}/s{STUDY}.txt"
+    )
+    assert find_report(tmp_path, SUBJECT, 50000001) == rel[50000001]
+    assert find_report(tmp_path, SUBJECT, 59999999) is None
+
+
+def test_report_columns(tmp_path):
+    _write_tree(tmp_path)
+    table = pl.DataFrame(
+        {
+            "subject_id": [SUBJECT, SUBJECT, SUBJECT, 11000001, SUBJECT],
+            "study_id": [STUDY, 50000001, 59999999, 50000004, STUDY],
+        }
+    )
+    out = report_columns(tmp_path, table)
+    assert out.columns == [
+        "study_id",
+        "report_path",
+        "findings",
+        "impression",
+        "indication",
+        "comparison",
+    ]
+    assert "subject_id" not in out.columns and out.height == 4
+    assert out.schema["study_id"] == pl.Int64
+    rows = {r["study_id"]: r for r in out.iter_rows(named=True)}
+    assert rows[STUDY]["impression"] == "Large left pleural effusion"
+    assert rows[STUDY]["comparison"] == "___"
+    assert rows[50000001]["findings"] == "Clear."
+    assert rows[59999999]["report_path"] is None and rows[59999999]["findings"] is None
+    assert rows[50000004]["impression"] is None
+
+
+def test_section_files_processes_match_in_process(tmp_path):
+    rel = _write_tree(tmp_path)
+    paths = sorted(rel.values()) * 3
+    one = section_files(tmp_path, paths, workers=1)
+    two = section_files(tmp_path, paths, workers=2, chunk_size=2)
+    assert one == two
+    assert section_files(tmp_path, ["files/missing.txt"])[0]["error"].startswith("FileNotFound")
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    _write_tree(raw)
+    out = tmp_path / "processed" / "reports.parquet"
+    sectioned = tmp_path / "mimic_cxr_sectioned.csv"
+    rc = main(["--data-dir", str(tmp_path), "reports", "--csv", str(sectioned), "--workers", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "sectioned 5 reports" in printed
+    assert "non-UTF-8 files 1 (1 characters replaced)" in printed
+    assert "empty 1" in printed and "CRLF 1" in printed and "in both places 1" in printed
+    assert "no header 1" in printed
+
+    table = pl.read_parquet(out)
+    assert table["study_id"].to_list() == sorted(table["study_id"].to_list())
+    assert "subject_id" not in table.columns
+    rows = {r["study_id"]: r for r in table.iter_rows(named=True)}
+    assert rows[STUDY]["impression"] == "Large left pleural effusion"
+    assert rows[STUDY]["labeler_text"] == "Large left pleural effusion"
+    assert rows[50000004]["labeler_text"] == "Lungs clear."
+    assert rows[50000003]["labeler_text"] == ""
+    assert rows[50000002]["impression"] == "caf\ufffd"
+
+    with sectioned.open(newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert list(csv_rows[0]) == ["study", "impression", "findings", "last_paragraph", "comparison"]
+    by_study = {r["study"]: r for r in csv_rows}
+    assert by_study[f"s{STUDY}"]["impression"] == "Large left pleural effusion"
+    assert by_study["s50000004"]["last_paragraph"] == "Lungs clear."
+    assert by_study["s50000003"]["findings"] == ""
+
+    # Privacy: no subject_id in anything written or printed.
+    blob = out.read_bytes() + sectioned.read_bytes() + printed.encode()
+    for subject in (str(SUBJECT), "11000001"):
+        assert subject.encode() not in blob
+    assert not re.search(rb"p1\d{7}", blob)
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["reports", "--raw", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    assert "no files/ folder" in capsys.readouterr().err
+    (tmp_path / "files").mkdir()
+    assert main(["reports", "--raw", str(tmp_path), "--out", str(tmp_path / "o.parquet")]) == 1
+    assert "no report files" in capsys.readouterr().err
+
+
+def test_manifest_carries_sections(tmp_path):
+    """`cxr manifest` (the lead's wiring of report_columns): sections land on every image row."""
+    from cxr.manifest import ManifestConfig, make_manifest
+    from rawtables import make_frames, write_raw
+
+    raw = write_raw(tmp_path / "raw", make_frames())
+    official = raw / "files" / "p10" / "p10000001" / "s50000011.txt"
+    official.parent.mkdir(parents=True, exist_ok=True)
+    official.write_bytes(EXAMPLE.read_bytes())
+    inside = raw / "files" / "p10" / "p10000001" / "s50000012" / "s50000012.txt"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_text(_report(("FINDINGS", "Clear."), ("IMPRESSION", "Normal.")))
+    cfg = ManifestConfig(raw=raw, out=tmp_path / "out" / "manifest.parquet")
+    df = make_manifest(cfg)[0].manifest
+    rows = {r["study_id"]: r for r in df.iter_rows(named=True)}
+    assert rows[50000011]["report_path"] == "files/p10/p10000001/s50000011.txt"
+    assert rows[50000011]["impression"] == "Large left pleural effusion"
+    assert rows[50000011]["indication"].startswith("___ year old woman")
+    assert rows[50000012]["findings"] == "Clear."
+    others = df.filter(~pl.col("study_id").is_in([50000011, 50000012]))
+    assert others["report_path"].is_null().all() and others["findings"].is_null().all()
+
+
+def test_demo_reports_reproduce_generator(tmp_path):
+    """On the demo tree the parsed sections say what the generator wrote (runs once cxr.demo lands)."""
+    demo = pytest.importorskip("cxr.demo")
+    from cxr.reports import study_dir_reports
+
+    raw = tmp_path / "raw"
+    summary = demo.write_demo(raw, n_patients=8, seed=0, image_size=64)
+    where = {study: rel for study, rel, _ in study_dir_reports(raw / "files")}
+    assert set(where) >= {int(s) for s in summary.reports}
+    for study_id, written in summary.reports.items():
+        parsed = parse_report(read_report(raw / where[int(study_id)])[0])
+        for name, text in written.items():
+            assert parsed.get(name, "").split() == str(text).split(), (study_id, name)
