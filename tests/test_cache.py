@@ -258,3 +258,16 @@ def test_sigkill_at_any_moment_then_rerun_is_identical(tmp_path):
         assert kills >= 3
         subprocess.run(cmd, env=env, check=True, capture_output=True)
         assert snapshot(cache_dir) == reference, f"attempt {attempt}: differs after {kills} kills"
+
+
+def test_demo_manifest_to_cache(demo_raw, tmp_path):
+    """The real chain: demo tree -> `cxr manifest` -> `cxr preprocess` -> rows for the manifest."""
+    root = tmp_path / "data"
+    manifest = root / "processed" / "manifest.parquet"
+    assert main(["-q", "manifest", "--raw", str(demo_raw), "--out", str(manifest)]) == 0
+    assert main(["-q", "--data-dir", str(root), "preprocess", "--size", "32"]) == 0
+    cache = load_cache(root / "interim" / "cache-32")
+    ids = pl.read_parquet(manifest)["dicom_id"]
+    rows = rows_for(cache, ids)
+    np.testing.assert_array_equal(rows, np.arange(len(ids)))
+    assert cache.images[rows].mean() > 10  # real pixels, not padding
