@@ -7,7 +7,7 @@ DATA    ?= data
 DEMO_PATIENTS ?= 120
 CXR     := $(BIN)/cxr
 
-.PHONY: demo test lint venv demo-data verify manifest verify-manifest reports clean-demo \
+.PHONY: demo test lint venv demo-data verify manifest verify-manifest reports preprocess clean-demo \
 	download-metadata download-subset
 
 venv: $(STAMP)
@@ -33,6 +33,9 @@ manifest: $(STAMP)
 
 verify-manifest: $(STAMP)
 	$(CXR) verify --raw $(DATA)/raw --manifest $(DATA)/processed/manifest.parquet
+
+preprocess: $(STAMP)
+	$(CXR) --data-dir $(DATA) preprocess --size 256
 
 reports: $(STAMP)
 	$(CXR) reports --raw $(DATA)/raw

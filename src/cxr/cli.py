@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "download",
     "verify",
     "manifest",
+    "preprocess",
     "reports",
     "train",
     "evaluate",

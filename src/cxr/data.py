@@ -11,8 +11,6 @@ Samples carry `dicom_id` and `study_id`, never `subject_id`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -23,63 +21,28 @@ import numpy as np
 import polars as pl
 import torch
 
+from cxr.cache import file_sha256, load_cache
 from cxr.errors import CxrError
-from cxr.manifest import read_manifest, read_manifest_info
+from cxr.manifest import read_manifest
 from cxr.policy import LabelPolicy, apply_policy
 
 __all__ = ["BatchLoader", "CxrDataset", "open_cache", "read_manifest", "shard"]
 
 
-def manifest_sha256(path: str | Path) -> str:
-    """The manifest's hash as manifest.json records it, else computed from the file."""
-    path = Path(path)
-    sha = read_manifest_info(path).get("sha256")
-    if sha:
-        return sha
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def open_cache(cache_dir: str | Path, manifest_path: str | Path | None = None):
     """Load the image cache (cxr.cache.load_cache) and check it was built from this manifest."""
     cache_dir = Path(cache_dir)
-    try:
-        from cxr.cache import load_cache
-    except ImportError:  # until cxr.cache lands: read the files of the contract directly
-        load_cache = _load_cache_files
     cache = load_cache(cache_dir)
     if manifest_path is not None:
+        # The file's own hash, as `cxr preprocess` records it (manifest.json's copy may be stale).
         built_from = cache.meta.get("manifest_sha256")
-        current = manifest_sha256(manifest_path)
+        current = file_sha256(manifest_path)
         if built_from != current:
             raise CxrError(
                 f"{cache_dir}: cache was built from another manifest (sha256 {str(built_from)[:12]} "
                 f"vs {current[:12]} for {manifest_path}); rerun `cxr preprocess`"
             )
     return cache
-
-
-@dataclass(frozen=True)
-class _Cache:
-    images: np.ndarray
-    index: pl.DataFrame
-    meta: dict
-    size: int
-
-
-def _load_cache_files(cache_dir: Path) -> _Cache:
-    try:
-        meta = json.loads((cache_dir / "cache.json").read_text(encoding="utf-8"))
-        images = np.load(cache_dir / "images.npy", mmap_mode="r")
-        index = pl.read_parquet(cache_dir / "index.parquet")
-    except (OSError, ValueError) as exc:
-        raise CxrError(
-            f"{cache_dir}: no usable image cache ({exc}); run `cxr preprocess`"
-        ) from None
-    return _Cache(images, index, meta, int(meta["size"]))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ reported as flags for the `cxr reports` summary instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -421,15 +422,22 @@ def find_reports(raw_dir: str | os.PathLike[str], pairs: list[tuple[int, int]]) 
     """
     raw = Path(raw_dir)
     listings: dict[int, set[str]] = {}
+    groups: dict[str, set[str]] = {}  # files/p1X -> its patient folders
     out: list[str | None] = []
     for subject_id, study_id in pairs:
         official, guide = report_relpaths(subject_id, study_id)
         entries = listings.get(subject_id)
         if entries is None:
-            try:
-                entries = set(os.listdir(raw / official.rsplit("/", 1)[0]))
-            except OSError:
-                entries = set()
+            group, patient = official.split("/")[1:3]
+            if group not in groups:
+                try:
+                    groups[group] = set(os.listdir(raw / official.split("/")[0] / group))
+                except OSError:
+                    groups[group] = set()
+            entries = set()
+            if patient in groups[group]:
+                with contextlib.suppress(OSError):
+                    entries = set(os.listdir(raw / official.rsplit("/", 1)[0]))
             listings[subject_id] = entries
         if f"s{study_id}.txt" in entries and (raw / official).is_file():
             out.append(official)

@@ -1,0 +1,466 @@
+"""The image cache: every manifest image decoded once, resized, in one uint8 memory-mapped array.
+
+Layout of `<data root>/interim/cache-<size>/` (the contract in ../shared/DESIGN.md):
+
+    images.npy      uint8 (N, S, S), rows in manifest order; failed rows are all zeros
+    index.parquet   dicom_id, row, ok, error  (written once every row has been attempted)
+    cache.json      size, method, manifest_sha256, n, created, cxr_version
+    journal/        completion records: one JSON line per finished chunk of rows
+    .lock           serialises creation when several shards start at once
+
+Kill safety: a chunk's rows are written into the memmap and flushed (msync) by the worker before
+the parent appends the chunk's record to the journal and fsyncs it. A row counts as done only
+once a journal record says so, so a SIGKILL at any moment loses at most unrecorded work, which
+the next run redoes (decoding is deterministic, so redone rows are byte-identical). A torn last
+journal line is ignored. index.parquet is derived from the journal and written atomically when
+the last row is recorded.
+
+Sharding: `--shard i/n` takes the i-th of n contiguous blocks of rows. The pixel data starts on a
+page boundary and blocks start on page boundaries, so shards on different machines writing one
+file on a shared file system never write the same page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from cxr import __version__
+from cxr.atomic import atomic_path, write_text_atomic
+from cxr.errors import CxrError, InputError
+
+IMAGES = "images.npy"
+INDEX = "index.parquet"
+META = "cache.json"
+JOURNAL = "journal"
+LOCK = ".lock"
+PAGE = 4096
+INDEX_SCHEMA = {"dicom_id": pl.String, "row": pl.Int64, "ok": pl.Boolean, "error": pl.String}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Cache:
+    dir: Path
+    images: np.ndarray  # read-only memmap (N, S, S) uint8
+    index: pl.DataFrame
+    meta: dict
+    size: int
+
+
+def load_cache(cache_dir: str | os.PathLike[str]) -> Cache:
+    """Open a complete cache read-only. Raises CxrError if it is missing or unfinished."""
+    d = Path(cache_dir)
+    meta_path, index_path, images_path = d / META, d / INDEX, d / IMAGES
+    if not meta_path.is_file() or not images_path.is_file():
+        raise InputError(f"{d}: no image cache here (run `cxr preprocess`)")
+    if not index_path.is_file():
+        raise InputError(
+            f"{d}: image cache is incomplete (run `cxr preprocess` again to finish it)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        images = np.load(images_path, mmap_mode="r")
+        index = pl.read_parquet(index_path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{d}: unreadable image cache: {exc}") from None
+    size = int(meta["size"])
+    if images.dtype != np.uint8 or images.shape != (int(meta["n"]), size, size):
+        raise InputError(f"{images_path}: shape {images.shape} does not match {META}")
+    if index.height != images.shape[0]:
+        raise InputError(f"{index_path}: {index.height} rows but {images.shape[0]} images")
+    return Cache(dir=d, images=images, index=index, meta=meta, size=size)
+
+
+def rows_for(cache: Cache, dicom_ids: Sequence[str] | pl.Series) -> np.ndarray:
+    """Cache rows of `dicom_ids`, in their order. Raises CxrError if any is absent or failed."""
+    wanted = pl.DataFrame({"dicom_id": pl.Series(list(dicom_ids), dtype=pl.String)})
+    joined = wanted.with_row_index("_pos").join(cache.index, on="dicom_id", how="left")
+    joined = joined.sort("_pos")
+    missing = joined.filter(pl.col("row").is_null())
+    failed = joined.filter(pl.col("row").is_not_null() & ~pl.col("ok"))
+    if missing.height or failed.height:
+        parts = []
+        if missing.height:
+            parts.append(
+                f"{missing.height} dicom_ids not in the cache (e.g. {missing['dicom_id'][0]})"
+            )
+        if failed.height:
+            parts.append(
+                f"{failed.height} failed to decode (e.g. {failed['dicom_id'][0]}: {failed['error'][0]})"
+            )
+        raise CxrError(f"{cache.dir}: " + "; ".join(parts))
+    return joined["row"].to_numpy().astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    manifest: Path
+    cache_dir: Path
+    raw: Path | None = None  # default: manifest.json's raw_dir
+    size: int = 256
+    workers: int = 0  # 0: one per CPU core
+    shard: tuple[int, int] | None = None  # (i, n): fill only the i-th of n blocks of rows
+    force: bool = False
+    chunk: int = 32  # rows per task: one flush and one journal record each
+
+
+@dataclass
+class BuildResult:
+    n: int
+    done: int  # decoded in this run
+    skipped: int  # already cached before this run
+    failed: list[tuple[str, str]]  # (dicom_id, reason), this run
+    pending: int  # rows no run has attempted yet (other shards' work)
+    complete: bool  # index.parquet written
+    seconds: float
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest_images(manifest: Path, raw: Path | None) -> tuple[pl.DataFrame, Path, str]:
+    """(dicom_id, image_path) in manifest order, the raw root, and the manifest's sha256."""
+    from cxr.manifest import read_manifest, read_manifest_info
+
+    df = read_manifest(manifest)  # one-line errors for a missing or malformed manifest
+    df = df.select(pl.col("dicom_id").cast(pl.String), pl.col("image_path").cast(pl.String))
+    if df["dicom_id"].null_count() or df["image_path"].null_count():
+        raise InputError(f"{manifest}: null dicom_id or image_path")
+    if df["dicom_id"].n_unique() != df.height:
+        raise InputError(f"{manifest}: duplicate dicom_id values")
+    if raw is None:
+        raw_dir = read_manifest_info(manifest).get("raw_dir")
+        if not raw_dir:
+            raise InputError(
+                f"{manifest.with_name('manifest.json')}: no raw_dir recorded; pass --raw"
+            )
+        raw = Path(raw_dir)
+    return df, raw, file_sha256(manifest)
+
+
+def shard_rows(n: int, size: int, shard: tuple[int, int] | None) -> range:
+    """The rows shard (i, k) fills: the i-th of k contiguous blocks whose starts are page-aligned."""
+    if shard is None:
+        return range(n)
+    i, k = shard
+    unit = PAGE // math.gcd(size * size, PAGE)  # rows per page-aligned step
+    steps = -(-n // unit)
+    start = min(n, (steps * i // k) * unit)
+    stop = min(n, (steps * (i + 1) // k) * unit)
+    return range(start, stop)
+
+
+def _npy_header(n: int, size: int) -> bytes:
+    """A version-1.0 .npy header padded so the data starts at byte 4096 (a page boundary)."""
+    d = f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({n}, {size}, {size}), }}"
+    body = d.encode("latin1")
+    pad = PAGE - 10 - len(body) - 1
+    return b"\x93NUMPY\x01\x00" + (PAGE - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
+
+
+@contextlib.contextmanager
+def _locked(d: Path) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)  # POSIX lock: also works on NFS
+        yield
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _shareable(path: Path) -> None:
+    """Temporary files are created 0600; a cache is shared (several users, shards): umask decides."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _wipe(d: Path) -> None:
+    for name in (META, INDEX, IMAGES):
+        with contextlib.suppress(FileNotFoundError):
+            (d / name).unlink()
+    j = d / JOURNAL
+    if j.is_dir():
+        for p in j.iterdir():
+            p.unlink()
+
+
+def open_or_create(d: Path, meta: dict, force: bool) -> tuple[dict, bool]:
+    """Create the cache files if absent; refuse one built from another manifest/size/method.
+
+    Returns (meta on disk, created). cache.json is written last, so its presence means images.npy
+    is complete in shape; a crash before that leaves files the next run recreates.
+    """
+    d.mkdir(parents=True, exist_ok=True)
+    with _locked(d):
+        meta_path = d / META
+        if meta_path.is_file() and not force:
+            try:
+                old = json.loads(meta_path.read_text(encoding="utf-8"))
+            except ValueError:
+                old = {}
+            for key, what in (
+                ("manifest_sha256", "manifest"),
+                ("size", "size"),
+                ("method", "method"),
+                ("n", "row count"),
+            ):
+                if old.get(key) != meta[key]:
+                    raise CxrError(
+                        f"{d}: cache was built from another {what} "
+                        f"({old.get(key)!r} != {meta[key]!r}); use --force to rebuild it"
+                    )
+            if (d / IMAGES).is_file():
+                return old, False
+        _wipe(d)
+        n, size = meta["n"], meta["size"]
+        with atomic_path(d / IMAGES) as tmp, open(tmp, "wb") as f:
+            f.write(_npy_header(n, size))
+            f.truncate(PAGE + n * size * size)  # sparse: zeros until written
+            f.flush()
+            os.fsync(f.fileno())
+            _shareable(tmp)
+        (d / JOURNAL).mkdir(exist_ok=True)
+        write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+        _shareable(meta_path)
+        _fsync_dir(d)
+        return meta, True
+
+
+def read_journal(d: Path, n: int) -> tuple[np.ndarray, list[str | None]]:
+    """(done mask, error per row) from every journal file. A row is ok if any record says so."""
+    done = np.zeros(n, dtype=bool)
+    ok = np.zeros(n, dtype=bool)
+    errors: list[str | None] = [None] * n
+    j = d / JOURNAL
+    files = sorted(j.glob("*.jsonl")) if j.is_dir() else []
+    for p in files:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # torn by a kill: that chunk will be redone
+                try:
+                    rec = json.loads(line)
+                    rows, errs = rec["rows"], rec["errors"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                for r, e in zip(rows, errs, strict=False):
+                    if not 0 <= r < n:
+                        continue
+                    done[r] = True
+                    if e is None:
+                        ok[r] = True
+                        errors[r] = None
+                    elif not ok[r]:
+                        errors[r] = e
+    return done, errors
+
+
+def write_index(d: Path, dicom_ids: pl.Series, errors: list[str | None]) -> None:
+    index = pl.DataFrame(
+        {
+            "dicom_id": dicom_ids,
+            "row": np.arange(len(errors), dtype=np.int64),
+            "ok": [e is None for e in errors],
+            "error": errors,
+        },
+        schema=INDEX_SCHEMA,
+    )
+    with atomic_path(d / INDEX) as tmp:
+        index.write_parquet(tmp, statistics=False)
+        _shareable(tmp)
+
+
+# Worker side: each process maps images.npy once, read-write.
+_worker: dict = {}
+
+
+def _init_worker(images_path: str, size: int) -> None:
+    _worker["images"] = np.load(images_path, mmap_mode="r+")
+    _worker["size"] = size
+
+
+def _process_chunk(task: list[tuple[int, str]]) -> tuple[list[int], list[str | None]]:
+    from cxr.images import ImageReadError, load_fitted
+
+    images, size = _worker["images"], _worker["size"]
+    rows, errors = [], []
+    for row, path in task:
+        try:
+            images[row] = load_fitted(path, size)
+            errors.append(None)
+        except ImageReadError as exc:
+            images[row] = 0  # failed rows are zeros, whatever an earlier run left there
+            errors.append(exc.reason)
+        rows.append(row)
+    images.flush()  # msync: the pixels are on disk before the parent journals the chunk
+    return rows, errors
+
+
+class _Journal:
+    """This run's append-only journal file; each record is fsynced before it counts."""
+
+    def __init__(self, d: Path, shard: tuple[int, int] | None) -> None:
+        tag = f"{shard[0]}of{shard[1]}" if shard else "all"
+        stamp = time.time_ns()
+        self.path = d / JOURNAL / f"{stamp:020d}-{tag}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def append(self, rows: list[int], errors: list[str | None]) -> None:
+        self.f.write(json.dumps({"rows": rows, "errors": errors}) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+        if self.path.stat().st_size == 0:
+            self.path.unlink()
+
+
+def build_cache(config: PreprocessConfig) -> BuildResult:
+    """Fill the cache for `config.manifest` (the rows of `config.shard` only, if given)."""
+    from cxr.images import METHOD
+
+    t0 = time.perf_counter()
+    if config.force and config.shard is not None:
+        raise CxrError("--force cannot be combined with --shard (shards would wipe each other)")
+    if config.size < 8:
+        raise CxrError(f"--size {config.size}: too small")
+    df, raw, sha = read_manifest_images(config.manifest, config.raw)
+    n = df.height
+    meta = {
+        "size": config.size,
+        "method": METHOD,
+        "manifest_sha256": sha,
+        "n": n,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cxr_version": __version__,
+        "raw_dir": str(raw),
+    }
+    d = config.cache_dir
+    open_or_create(d, meta, config.force)
+
+    done, prev_errors = read_journal(d, n)
+    mine = shard_rows(n, config.size, config.shard)
+    mine_mask = np.zeros(n, dtype=bool)
+    mine_mask[mine.start : mine.stop] = True
+    # Failed rows are retried: a file fixed or downloaded since the last run gets filled.
+    failed_before = done & np.array([e is not None for e in prev_errors], dtype=bool)
+    todo_rows = np.flatnonzero(mine_mask & (~done | failed_before))
+    skipped = int((mine_mask & done & ~failed_before).sum())
+
+    paths = df["image_path"].to_list()
+    workers = max(1, config.workers or os.cpu_count() or 1)
+    # Small enough chunks that every worker gets several (load balance), capped for fewer flushes.
+    chunk = max(1, min(config.chunk, -(-len(todo_rows) // (workers * 4))))
+    tasks = [
+        [(int(r), str(raw / paths[r])) for r in todo_rows[i : i + chunk]]
+        for i in range(0, len(todo_rows), chunk)
+    ]
+    dicom_ids = df["dicom_id"]
+    failed: list[tuple[str, str]] = []
+    n_done = 0
+    if tasks:
+        n_done, failed = _run_tasks(d, tasks, config, workers, len(todo_rows), dicom_ids)
+
+    done, errors = read_journal(d, n)
+    complete = bool(done.all())
+    if complete:
+        write_index(d, dicom_ids, errors)
+    return BuildResult(
+        n=n,
+        done=n_done,
+        skipped=skipped,
+        failed=failed,
+        pending=int((~done).sum()),
+        complete=complete,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _run_tasks(d, tasks, config, workers, total, dicom_ids) -> tuple[int, list[tuple[str, str]]]:
+    from rich.progress import TextColumn
+
+    from cxr.progress import make_progress
+
+    workers = min(workers, len(tasks))
+    journal = _Journal(d, config.shard)
+    failed: list[tuple[str, str]] = []
+    n_done = 0
+    t0 = time.perf_counter()
+    try:
+        with make_progress(TextColumn("{task.fields[rate]}")) as progress:
+            bar = progress.add_task(f"cache-{config.size}", total=total, rate="")
+
+            def record(rows, errors):
+                nonlocal n_done
+                journal.append(rows, errors)
+                n_done += len(rows)
+                failed.extend((dicom_ids[r], e) for r, e in zip(rows, errors, strict=True) if e)
+                rate = n_done / max(time.perf_counter() - t0, 1e-9)
+                progress.update(bar, advance=len(rows), rate=f"{rate:.0f} img/s")
+
+            if workers == 1:
+                _init_worker(str(d / IMAGES), config.size)
+                try:
+                    for task in tasks:
+                        record(*_process_chunk(task))
+                finally:
+                    _worker.clear()
+            else:
+                import multiprocessing
+
+                ctx = multiprocessing.get_context()
+                with ctx.Pool(
+                    workers, initializer=_init_worker, initargs=(str(d / IMAGES), config.size)
+                ) as pool:
+                    for rows, errors in pool.imap_unordered(_process_chunk, tasks):
+                        record(rows, errors)
+    finally:
+        journal.close()
+    failed.sort(key=lambda x: x[0])
+    return n_done, failed

@@ -1,0 +1,83 @@
+"""`cxr preprocess`: decode every manifest image once into the memory-mapped cache."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+HELP = "decode and resize the manifest's images once into data/interim/cache-<size>/ (resumable)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="manifest parquet (default: <data root>/processed/manifest.parquet)",
+    )
+    parser.add_argument(
+        "--raw",
+        type=Path,
+        default=None,
+        help="raw root the manifest's image_path is relative to (default: manifest.json's raw_dir)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=256, help="side S of the square cached images (default 256)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="decoding processes (default: one per CPU core)"
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="fill only the I-th of N blocks of rows (0-based), e.g. one Slurm array task each",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild a cache made from another manifest, size or method instead of refusing",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr.cache import PreprocessConfig, build_cache, parse_shard
+    from cxr.paths import DataPaths, data_root
+    from cxr.progress import info
+
+    paths = DataPaths(data_root(args.data_dir))
+    config = PreprocessConfig(
+        manifest=args.manifest or paths.manifest,
+        cache_dir=paths.cache(args.size),
+        raw=args.raw,
+        size=args.size,
+        workers=args.workers,
+        shard=parse_shard(args.shard) if args.shard else None,
+        force=args.force,
+    )
+    result = build_cache(config)
+    rate = result.done / result.seconds if result.seconds > 0 else 0.0
+    where = f" (shard {args.shard})" if args.shard else ""
+    if result.done == 0 and not result.failed:
+        info(f"cache {config.cache_dir}{where}: nothing to do, {result.skipped} already cached")
+    else:
+        info(
+            f"cache {config.cache_dir}{where}: {result.done} decoded ({rate:.0f} images/s), "
+            f"{result.skipped} skipped as already cached, {len(result.failed)} failed"
+        )
+    if result.failed:
+        # Failures are always printed (not only without --quiet): they need the user's attention.
+        # dicom_id and reason only: paths contain subject_id.
+        print(f"{len(result.failed)} image(s) failed and are recorded in index.parquet:")
+        for reason, count in Counter(r for _, r in result.failed).most_common(10):
+            print(f"  {count} x {reason}")
+        for dicom_id, reason in result.failed[:20]:
+            print(f"  {dicom_id}: {reason}")
+        if len(result.failed) > 20:
+            print(f"  ... and {len(result.failed) - 20} more")
+    if result.complete:
+        info(f"complete: {result.n} rows, index.parquet written")
+    else:
+        info(f"{result.pending} of {result.n} rows still to do (other shards); rerun to finish")
+    return 0

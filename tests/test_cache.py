@@ -1,0 +1,273 @@
+"""cxr.cache and `cxr preprocess`: build, resume, refuse, shard, and survive SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from cxr.cache import PreprocessConfig, build_cache, load_cache, rows_for, shard_rows
+from cxr.cli import main
+from cxr.errors import CxrError
+from cxr.images import load_fitted
+from xray_fixtures import make_dataset
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A data root with 40 small JPEGs and a manifest (never modified by tests: copy first)."""
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root, 40)
+    return root
+
+
+@pytest.fixture
+def data(dataset, tmp_path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    info = root / "processed" / "manifest.json"
+    info.write_text(json.dumps({"raw_dir": str(root / "raw")}))
+    return root
+
+
+def config(root: Path, **kw) -> PreprocessConfig:
+    size = kw.pop("size", 32)
+    return PreprocessConfig(
+        manifest=root / "processed" / "manifest.parquet",
+        cache_dir=root / "interim" / f"cache-{size}",
+        size=size,
+        workers=kw.pop("workers", 1),
+        chunk=kw.pop("chunk", 4),
+        **kw,
+    )
+
+
+def manifest_of(root: Path) -> pl.DataFrame:
+    return pl.read_parquet(root / "processed" / "manifest.parquet")
+
+
+def snapshot(cache_dir: Path) -> tuple[bytes, bytes]:
+    return (cache_dir / "images.npy").read_bytes(), (cache_dir / "index.parquet").read_bytes()
+
+
+def test_build_and_load(data):
+    cfg = config(data)
+    result = build_cache(cfg)
+    assert (result.done, result.skipped, result.failed, result.complete) == (40, 0, [], True)
+    cache = load_cache(cfg.cache_dir)
+    m = manifest_of(data)
+    assert cache.size == 32 and cache.images.shape == (40, 32, 32)
+    assert cache.images.dtype == np.uint8 and not cache.images.flags.writeable
+    assert cache.index.columns == ["dicom_id", "row", "ok", "error"]
+    assert cache.index["dicom_id"].to_list() == m["dicom_id"].to_list()  # manifest order
+    assert cache.index["row"].to_list() == list(range(40))
+    assert cache.meta["method"].startswith("pillow-draft+") and cache.meta["n"] == 40
+    assert len(cache.meta["manifest_sha256"]) == 64
+    for row in (0, 17, 39):
+        expected = load_fitted(data / "raw" / m["image_path"][row], 32)
+        np.testing.assert_array_equal(cache.images[row], expected)
+    ids = m["dicom_id"].to_list()
+    np.testing.assert_array_equal(rows_for(cache, [ids[5], ids[2]]), [5, 2])
+    with pytest.raises(CxrError, match="1 dicom_ids not in the cache"):
+        rows_for(cache, [ids[0], "nope"])
+    # the file is a plain .npy: numpy reads it without cxr
+    np.testing.assert_array_equal(np.load(cfg.cache_dir / "images.npy"), cache.images)
+
+
+def test_bad_files_are_recorded_not_fatal(data, capsys):
+    m = manifest_of(data)
+    raw = data / "raw"
+    paths = m["image_path"].to_list()
+    (raw / paths[1]).write_bytes(b"")  # zero bytes
+    (raw / paths[2]).write_bytes((raw / paths[2]).read_bytes()[:300])  # truncated
+    (raw / paths[3]).unlink()  # vanished between manifest and preprocess
+    (raw / paths[4]).unlink()
+    (raw / paths[4]).mkdir()  # a directory where a file should be
+    from PIL import Image
+
+    png = raw / paths[5]  # a PNG named .jpg loads
+    Image.open(raw / paths[6]).save(png, format="PNG")
+    rc = main(["--data-dir", str(data), "preprocess", "--size", "32", "--workers", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "4 failed" in out and "file not found" in out and "empty file (0 bytes)" in out
+    assert "1000000" not in out  # subject ids (in the paths) never printed
+    cache = load_cache(data / "interim" / "cache-32")
+    idx = cache.index
+    assert idx["ok"].to_list() == [i not in (1, 2, 3, 4) for i in range(40)]
+    errors = idx["error"].to_list()
+    assert errors[1] == "empty file (0 bytes)"
+    assert "truncated" in errors[2].lower()
+    assert errors[3] == "file not found"
+    assert "directory" in errors[4]
+    assert all(not cache.images[r].any() for r in (1, 2, 3, 4))  # failed rows are zeros
+    with pytest.raises(CxrError, match="1 failed to decode"):
+        rows_for(cache, [m["dicom_id"][3]])
+
+    # the missing file turns up: a rerun fills it (and only the failed rows are redone)
+    (raw / paths[4]).rmdir()
+    shutil.copy(raw / paths[0], raw / paths[4])
+    result = build_cache(config(data))
+    assert result.done == 4 and result.skipped == 36 and len(result.failed) == 3
+    assert load_cache(data / "interim" / "cache-32").index["ok"][4]
+
+
+def test_rerun_fills_only_missing(data):
+    cfg = config(data)
+    build_cache(cfg)
+    reference = snapshot(cfg.cache_dir)
+    # forget the last journal records, as if the run had been killed there
+    journal = next((cfg.cache_dir / "journal").glob("*.jsonl"))
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(lines[:3]) + lines[3][:10])  # and a torn last line
+    (cfg.cache_dir / "index.parquet").unlink()
+    with pytest.raises(CxrError, match="incomplete"):
+        load_cache(cfg.cache_dir)
+    result = build_cache(cfg)
+    assert (result.skipped, result.done) == (12, 28)
+    assert snapshot(cfg.cache_dir) == reference
+    again = build_cache(cfg)
+    assert (again.done, again.skipped) == (0, 40)
+    assert snapshot(cfg.cache_dir) == reference
+
+
+def test_refuses_other_manifest_unless_force(data, capsys):
+    args = ["--data-dir", str(data), "preprocess", "--size", "32", "--workers", "1"]
+    assert main(args) == 0
+    m = manifest_of(data)
+    m.head(30).write_parquet(data / "processed" / "manifest.parquet")
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "another manifest" in err and "--force" in err
+    assert main([*args, "--force"]) == 0
+    cache = load_cache(data / "interim" / "cache-32")
+    assert cache.images.shape == (30, 32, 32) and cache.index.height == 30
+
+
+def test_refuses_other_size_in_the_same_dir(data):
+    build_cache(config(data))
+    cfg = config(data, size=48)
+    wrong = PreprocessConfig(**{**cfg.__dict__, "cache_dir": data / "interim" / "cache-32"})
+    with pytest.raises(CxrError, match="another size"):
+        build_cache(wrong)
+
+
+def test_bad_manifest_exits_1(data, capsys):
+    (data / "processed" / "manifest.parquet").write_text("not parquet")
+    assert main(["--data-dir", str(data), "preprocess"]) == 1
+    assert "not a readable parquet" in capsys.readouterr().err
+    assert main(["--data-dir", str(data / "nowhere"), "preprocess"]) == 1
+    assert main(["--data-dir", str(data), "preprocess", "--shard", "3/3"]) == 1
+
+
+def test_shards_fill_one_cache(data):
+    whole = config(data, size=48)
+    build_cache(whole)
+    reference = snapshot(whole.cache_dir)
+    shutil.rmtree(whole.cache_dir)
+    results = [build_cache(config(data, size=48, shard=(i, 3))) for i in (2, 0, 1)]
+    assert [r.complete for r in results] == [False, False, True]  # the last writes the index
+    assert sum(r.done for r in results) == 40
+    assert snapshot(whole.cache_dir) == reference
+    # blocks cover every row once and start on page boundaries
+    rows = [shard_rows(1000, 48, (i, 7)) for i in range(7)]
+    assert [r.start for r in rows[1:]] == [r.stop for r in rows[:-1]] and rows[-1].stop == 1000
+    assert all((4096 + r.start * 48 * 48) % 4096 == 0 for r in rows)
+
+
+def test_concurrent_shards_create_safely(data):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [sys.executable, "-m", "cxr", "--data-dir", str(data), "preprocess", "--size", "32"]
+    procs = [
+        subprocess.Popen([*cmd, "--shard", f"{i}/2", "--workers", "1"], env=env) for i in range(2)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    subprocess.run([*cmd, "--workers", "1"], env=env, check=True, capture_output=True)
+    cache = load_cache(data / "interim" / "cache-32")
+    assert cache.index["ok"].all()
+    m = manifest_of(data)
+    expected = load_fitted(data / "raw" / m["image_path"][25], 32)
+    np.testing.assert_array_equal(cache.images[25], expected)
+
+
+def _records(cache_dir: Path) -> int:
+    """Completed-chunk records in the journal so far."""
+    journal = cache_dir / "journal"
+    if not journal.is_dir():
+        return -1
+    return sum(p.read_bytes().count(b"\n") for p in journal.glob("*.jsonl"))
+
+
+def _kill_when(cmd, env, ready, timeout=20.0) -> bool:
+    """Start `cmd`, SIGKILL its process group as soon as `ready()` is true; True if it was killed."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the workers die too
+    proc.wait()
+    return killed
+
+
+def _after(seconds: float):
+    start = time.monotonic()
+    return lambda: time.monotonic() - start > seconds
+
+
+def test_sigkill_at_any_moment_then_rerun_is_identical(tmp_path):
+    """kill -9 `cxr preprocess` at many moments, rerun: byte-identical to an uninterrupted run."""
+    root = tmp_path / "data"
+    make_dataset(root, 240, size=(240, 200))
+    (root / "raw" / manifest_of(root)["image_path"][7]).write_bytes(b"")  # one failure, too
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [sys.executable, "-m", "cxr", "--data-dir", str(root), "preprocess", "--size", "128"]
+    cmd += ["--workers", "2"]
+    cache_dir = root / "interim" / "cache-128"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    reference = snapshot(cache_dir)
+
+    rng = random.Random(0)
+    for attempt in range(3):
+        shutil.rmtree(cache_dir)
+        kills = 0
+        # during start-up, then the moment the cache files appear (creation), then mid-run after
+        # a random number of chunks has been recorded, and at random times
+        kills += _kill_when(cmd, env, _after(0.05 * (attempt + 1)))
+        kills += _kill_when(cmd, env, lambda: (cache_dir / "cache.json").exists())
+        for _ in range(2):
+            target = _records(cache_dir) + rng.randint(1, 3)
+            kills += _kill_when(cmd, env, lambda t=target: _records(cache_dir) >= t)
+        kills += _kill_when(cmd, env, _after(rng.uniform(0.2, 0.8)))
+        assert kills >= 3
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        assert snapshot(cache_dir) == reference, f"attempt {attempt}: differs after {kills} kills"
+
+
+def test_demo_manifest_to_cache(demo_raw, tmp_path):
+    """The real chain: demo tree -> `cxr manifest` -> `cxr preprocess` -> rows for the manifest."""
+    root = tmp_path / "data"
+    manifest = root / "processed" / "manifest.parquet"
+    assert main(["-q", "manifest", "--raw", str(demo_raw), "--out", str(manifest)]) == 0
+    assert main(["-q", "--data-dir", str(root), "preprocess", "--size", "32"]) == 0
+    cache = load_cache(root / "interim" / "cache-32")
+    ids = pl.read_parquet(manifest)["dicom_id"]
+    rows = rows_for(cache, ids)
+    np.testing.assert_array_equal(rows, np.arange(len(ids)))
+    assert cache.images[rows].mean() > 10  # real pixels, not padding
