@@ -195,3 +195,21 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     train(tiny(data, single, "epochs=2"))
     assert rows[0].keys() == metrics(single)[0].keys()
     assert rows[0]["val_auroc"].keys() == metrics(single)[0]["val_auroc"].keys()
+
+
+def test_demo_pipeline_trains_with_the_demo_config(demo_raw, tmp_path, capsys):
+    """The real commands on the demo tree (demo -> manifest -> preprocess -> train), with the
+    demo config shrunken to 64 px and a few epochs: the planted signals are learned."""
+    data = tmp_path / "data"
+    assert main(["--quiet", "--data-dir", str(data), "manifest", "--raw", str(demo_raw)]) == 0
+    assert (
+        main(["--quiet", "--data-dir", str(data), "preprocess", "--size", "64", "--workers", "1"])
+        == 0
+    )
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+    run = tmp_path / "models" / "demo"
+    args = ["--data-dir", str(data), "train", "--config", str(config), "image_size=64"]
+    assert main([*args, "cache_size=64", "epochs=6", "threads=2", "--out", str(run)]) == 0
+    rows = metrics(run)
+    assert rows[-1]["val_macro_auroc"] > 0.7
+    assert "subject_id" not in capsys.readouterr().out
