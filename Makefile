@@ -7,7 +7,7 @@ DATA    ?= data
 DEMO_PATIENTS ?= 120
 CXR     := $(BIN)/cxr
 
-.PHONY: demo test lint venv demo-data verify manifest verify-manifest reports preprocess clean-demo \
+.PHONY: demo test lint venv demo-data verify manifest verify-manifest reports preprocess train clean-demo \
 	download-metadata download-subset
 
 venv: $(STAMP)
@@ -39,6 +39,11 @@ preprocess: $(STAMP)
 
 reports: $(STAMP)
 	$(CXR) reports --raw $(DATA)/raw
+
+# Training; TRAIN_CONFIG=configs/densenet121-224.toml for the reference recipe on a GPU.
+TRAIN_CONFIG ?= configs/demo.toml
+train: $(STAMP)
+	$(CXR) --data-dir $(DATA) train --config $(TRAIN_CONFIG)
 
 # Real data (PhysioNet credentials in PHYSIONET_USERNAME / PHYSIONET_PASSWORD or ~/.netrc).
 download-metadata: $(STAMP)
