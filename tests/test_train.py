@@ -132,6 +132,10 @@ def test_bad_inputs(data, tmp_path):
     # unknown model: named before any data is read
     with pytest.raises(CxrError, match=r"unknown model 'vgg'.*densenet121"):
         train(tiny(data, tmp_path / "r4", "model=vgg", "cache='/nonexistent'"))
+    # a GPU asked for where there is none
+    if not torch.cuda.is_available():
+        with pytest.raises(CxrError, match="no CUDA device"):
+            train(tiny(data, tmp_path / "r5", "device='cuda'"))
     # nothing to resume
     with pytest.raises(CxrError, match="nothing to resume"):
         train(tiny(data, tmp_path / "r3"), resume=True)

@@ -76,10 +76,18 @@ def train_transform(
     brightness = uniform(-cfg.brightness, cfg.brightness)
 
     dev = x.device
+    # One small host-to-device copy per batch, from pinned memory and asynchronous: a plain
+    # .to("cuda") of a pageable tensor would make the CPU wait for the GPU's queue every step.
+    params = torch.cat([theta.reshape(b, 6), contrast[:, None], brightness[:, None]], dim=1)
+    if dev.type == "cuda":
+        params = params.pin_memory().to(dev, non_blocking=True)
+    theta = params[:, :6].reshape(b, 2, 3)
+    contrast, brightness = params[:, 6].view(b, 1, 1, 1), params[:, 7].view(b, 1, 1, 1)
+
     x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    grid = F.affine_grid(theta.to(dev), [b, x.shape[1], size, size], align_corners=False)
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     m = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - m) * contrast.to(dev).view(b, 1, 1, 1) + m + brightness.to(dev).view(b, 1, 1, 1)
+    x = (x - m) * contrast + m + brightness
     x = x.clamp_(0.0, 1.0)
     return normalize(x, mean, std)
