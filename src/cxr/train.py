@@ -225,7 +225,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     no_pos = [name for name, p in zip(cfg.labels, positives.tolist(), strict=True) if p == 0]
     if no_pos:
         _warn(d, f"no positive train images for {', '.join(no_pos)}: left out of macro AUROC")
-    pin = cuda
+    pin = cuda  # page-locked batches copy to the GPU asynchronously
     train_loader = BatchLoader(
         train_ds,
         cfg.batch_size,
@@ -243,7 +243,9 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     )
 
     # -- model, loss, optimizer, schedule --------------------------------------------------------
-    model = create_model(cfg.model, len(cfg.labels), IN_CHANS, cfg.pretrained or None)
+    # A resumed run takes its weights from last.pt: no pretrained download (it may be offline).
+    pretrained = None if resume else (cfg.pretrained or None)
+    model = create_model(cfg.model, len(cfg.labels), IN_CHANS, pretrained)
     ckpt = None
     if resume:
         ckpt = load_checkpoint(last_path)
