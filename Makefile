@@ -7,8 +7,8 @@ DATA    ?= data
 DEMO_PATIENTS ?= 120
 CXR     := $(BIN)/cxr
 
-.PHONY: demo test lint venv demo-data verify manifest verify-manifest reports preprocess train clean-demo \
-	download-metadata download-subset
+.PHONY: demo test lint venv demo-data verify manifest verify-manifest reports preprocess train \
+	demo-train evaluate clean-demo download-metadata download-subset
 
 venv: $(STAMP)
 
@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## The whole pipeline on synthetic data, on the CPU.
+## The whole pipeline on synthetic data, on the CPU (a few minutes on 2 cores).
 demo: $(STAMP)
-	$(MAKE) --no-print-directory demo-data verify manifest verify-manifest
+	$(MAKE) --no-print-directory demo-data verify manifest verify-manifest preprocess demo-train evaluate
+	@echo "report: $(abspath reports/demo/report.html)"
 
 demo-data: $(STAMP)
 	$(CXR) demo --out $(DATA)/raw --n-patients $(DEMO_PATIENTS) --seed 0
@@ -32,7 +33,7 @@ manifest: $(STAMP)
 	$(CXR) manifest --raw $(DATA)/raw --out $(DATA)/processed/manifest.parquet
 
 verify-manifest: $(STAMP)
-	$(CXR) verify --raw $(DATA)/raw --manifest $(DATA)/processed/manifest.parquet
+	$(CXR) verify --raw $(DATA)/raw --manifest $(DATA)/processed/manifest.parquet --deep
 
 preprocess: $(STAMP)
 	$(CXR) --data-dir $(DATA) preprocess --size 256
@@ -44,6 +45,16 @@ reports: $(STAMP)
 TRAIN_CONFIG ?= configs/demo.toml
 train: $(STAMP)
 	$(CXR) --data-dir $(DATA) train --config $(TRAIN_CONFIG)
+
+# The demo's run starts over each time (cxr train refuses to overwrite a run's checkpoints).
+demo-train: $(STAMP)
+	rm -rf models/demo
+	$(CXR) --data-dir $(DATA) train --config configs/demo.toml --out models/demo
+
+CHECKPOINT ?= models/demo/best.pt
+EVAL_OUT   ?= reports/demo
+evaluate: $(STAMP)
+	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT)
 
 # Real data (PhysioNet credentials in PHYSIONET_USERNAME / PHYSIONET_PASSWORD or ~/.netrc).
 download-metadata: $(STAMP)

@@ -15,10 +15,6 @@ from _eval_fixtures import make_checkpoint, make_data
 from cxr.cli import main
 from cxr.schema import LABELS
 
-# Needs the training, cache and image modules (other helpers' work); skip until they are on main.
-for _mod in ("cxr.models", "cxr.checkpoint", "cxr.cache", "cxr.images"):
-    pytest.importorskip(_mod, reason=f"{_mod} not merged yet")
-
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):

@@ -14,10 +14,6 @@ from _eval_fixtures import make_checkpoint, make_data
 from cxr.cli import main
 from cxr.schema import LABELS
 
-# Needs the training, cache and image modules (other helpers' work); skip until they are on main.
-for _mod in ("cxr.models", "cxr.checkpoint", "cxr.cache", "cxr.images"):
-    pytest.importorskip(_mod, reason=f"{_mod} not merged yet")
-
 
 def _xray(h=60, w=50, seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
