@@ -311,3 +311,14 @@ def test_verify_images_reports_failures_in_order(tmp_path, picture):
             (str(tmp_path / "empty.jpg"), "empty file (0 bytes)"),
             (str(tmp_path / "missing.jpg"), "file not found"),
         ]
+
+
+def test_read_error_masks_the_patient_folder(tmp_path):
+    from cxr.images import ImageReadError, load_xray
+
+    path = tmp_path / "files" / "p10" / "p10000032" / "s50414267" / "x.jpg"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    with pytest.raises(ImageReadError) as err:
+        load_xray(path)
+    assert "10000032" not in str(err.value) and "p********/s50414267/x.jpg" in str(err.value)

@@ -13,6 +13,8 @@ import pytest
 
 from cxr import schema
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def cxr(*args, cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
@@ -49,6 +51,38 @@ def pipeline(tmp_path_factory):
     step("manifest", "manifest", "--n-studies", 150)
     step("verify-manifest", "verify", "--manifest", "data/processed/manifest.parquet")
     step("reports", "reports", "--csv", "sectioned.csv")
+    step("preprocess", "preprocess", "--size", 128, "--workers", 2)
+    step(
+        "train",
+        "train",
+        "--config",
+        CONFIGS / "demo.toml",
+        "--out",
+        "models/e2e",
+        "epochs=2",
+        "cache_size=128",
+    )
+    step(
+        "evaluate",
+        "evaluate",
+        "--checkpoint",
+        "models/e2e/best.pt",
+        "--out",
+        "reports/e2e",
+        "--bootstrap",
+        50,
+    )
+    images = sorted((work / "data/raw/files").rglob("*.jpg"))[:3]
+    step(
+        "predict",
+        "predict",
+        "--checkpoint",
+        "models/e2e/best.pt",
+        *images,
+        "--cam",
+        "--out",
+        "reports/predict",
+    )
     return work, printed
 
 
@@ -61,6 +95,11 @@ def test_pipeline_outputs(pipeline):
     assert manifest["impression"].null_count() < manifest.height
     assert "studies with labels" in printed["verify"]
     assert "all checks passed" in printed["verify-manifest"]
+    for name in ("best.pt", "last.pt", "config.toml", "metrics.jsonl"):
+        assert (work / "models/e2e" / name).is_file()
+    for name in ("metrics.json", "predictions.csv", "report.html"):
+        assert (work / "reports/e2e" / name).is_file()
+    assert list((work / "reports/predict").rglob("*.png"))  # Grad-CAM overlays
 
 
 def test_privacy(pipeline):
@@ -72,6 +111,10 @@ def test_privacy(pipeline):
             if path.name == "manifest.parquet":
                 continue  # the manifest keeps subject_id by contract (it stays in data/)
             text = path.read_bytes().decode("latin-1")
+            if path.suffix == ".pt":  # also the unpickled contents (config, metrics, names)
+                import torch
+
+                text += repr(torch.load(path, weights_only=True, map_location="cpu"))
             if path.suffix == ".parquet":
                 text += pl.read_parquet(path).write_csv()
             texts[str(path.relative_to(work))] = text

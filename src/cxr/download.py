@@ -33,6 +33,7 @@ from urllib.parse import quote, urlsplit
 
 from cxr import schema
 from cxr.errors import CxrError, InputError
+from cxr.privacy import mask_subject
 
 JPG_BASE_URL = f"https://physionet.org/files/mimic-cxr-jpg/{schema.VERSION}/"
 REPORTS_BASE_URL = f"https://physionet.org/files/mimic-cxr/{schema.VERSION}/"
@@ -74,7 +75,6 @@ TOP_LEVEL_FILES: frozenset[str] = frozenset(
 
 _SAFE_PATH_RE = re.compile(r"[A-Za-z0-9._/-]+")
 _SUMS_LINE_RE = re.compile(r"([0-9a-fA-F]{64}) [ *]?(.*)")
-_SUBJECT_DIR_RE = re.compile(r"(?<![A-Za-z0-9])p\d{8}(?!\d)")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
 
 
@@ -144,7 +144,7 @@ class Listing:
 
 def display_path(relpath: str) -> str:
     """A path fit for printing: the subject folder (`p` + subject_id) masked."""
-    return _SUBJECT_DIR_RE.sub("p********", relpath)
+    return mask_subject(relpath)
 
 
 class _MaskSubjectFilter(logging.Filter):

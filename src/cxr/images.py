@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from cxr.errors import CxrError
+from cxr.privacy import mask_subject
 
 # A truncated file is an error, never a half-grey image in the cache: keep Pillow strict.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -41,8 +42,8 @@ class ImageReadError(CxrError):
         self.path = str(path)
         # Decoders like to quote the full path; the reason travels into the cache index and the
         # summary, where the path (which contains subject_id) must not appear.
-        self.reason = reason.replace(self.path, Path(self.path).name)
-        super().__init__(f"{self.path}: {self.reason}")
+        self.reason = mask_subject(reason.replace(self.path, Path(self.path).name))
+        super().__init__(f"{mask_subject(self.path)}: {self.reason}")
 
     def __reduce__(self):  # picklable across worker processes
         return (type(self), (self.path, self.reason))

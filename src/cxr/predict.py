@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import CxrError
+from cxr.privacy import mask_subject
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 
@@ -100,11 +101,12 @@ def predict_files(
     squares: list[np.ndarray] = []
     names: list[str] = []
     for path, square, reason in _read(files, pre):
+        # Outputs name a file with its patient folder masked (MIMIC paths contain subject_id).
         if square is None:
-            result.failures.append((str(path), reason or "unreadable"))
+            result.failures.append((mask_subject(str(path)), reason or "unreadable"))
         else:
             squares.append(square)
-            names.append(str(path))
+            names.append(mask_subject(str(path)))
     batches = (np.stack(squares[i : i + batch_size]) for i in range(0, len(squares), batch_size))
     k = 0
     for probs in predict_squares(model, pre, batches, device):
