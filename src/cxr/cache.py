@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ import polars as pl
 from cxr import __version__
 from cxr.atomic import atomic_path, write_text_atomic
 from cxr.errors import CxrError, InputError
+from cxr.hashing import file_sha256
 
 IMAGES = "images.npy"
 INDEX = "index.parquet"
@@ -141,14 +141,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise InputError(f"--shard {text!r}: need 0 <= I < N")
     return i, n
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest_images(manifest: Path, raw: Path | None) -> tuple[pl.DataFrame, Path, str]:

@@ -21,8 +21,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from cxr.cache import file_sha256, load_cache
+from cxr.cache import load_cache
 from cxr.errors import CxrError
+from cxr.hashing import file_sha256
 from cxr.manifest import read_manifest
 from cxr.policy import LabelPolicy, apply_policy
 

@@ -16,7 +16,6 @@ printed messages have the subject folder masked (`p********`), since subject_id 
 from __future__ import annotations
 
 import getpass
-import hashlib
 import ipaddress
 import logging
 import netrc
@@ -33,6 +32,7 @@ from urllib.parse import quote, urlsplit
 
 from cxr import schema
 from cxr.errors import CxrError, InputError
+from cxr.hashing import file_sha256
 from cxr.privacy import mask_subject
 
 JPG_BASE_URL = f"https://physionet.org/files/mimic-cxr-jpg/{schema.VERSION}/"
@@ -249,15 +249,10 @@ def plan_items(
     return items, failed
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def is_present(target: Path, sha256: str) -> bool:
     """True when `target` exists with the expected checksum (then it is never fetched again)."""
     try:
-        return target.is_file() and sha256_file(target) == sha256
+        return target.is_file() and file_sha256(target) == sha256
     except OSError:
         return False
 
@@ -526,7 +521,7 @@ class Fetcher:
         try:
             for round_ in (1, 2):
                 self.transfer(item.url, part)
-                if sha256_file(part) == item.sha256:
+                if file_sha256(part) == item.sha256:
                     size = part.stat().st_size
                     os.replace(part, target)
                     return size

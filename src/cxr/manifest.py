@@ -11,7 +11,6 @@ The table logic is pure functions over polars frames; `build_manifest` runs them
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import polars as pl
 from cxr import __version__, schema
 from cxr.atomic import atomic_path, write_text_atomic
 from cxr.errors import InputError
+from cxr.hashing import file_sha256
 from cxr.tables import RawTables, load_tables
 
 MANIFEST_JSON = "manifest.json"
@@ -295,14 +295,6 @@ def build_manifest(tables: RawTables, cfg: ManifestConfig) -> ManifestResult:
 
 # ---------------------------------------------------------------------------------------------
 # I/O
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTables) -> dict:
