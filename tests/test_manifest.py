@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -268,3 +269,17 @@ def test_build_manifest_pure(tmp_path):
     result = build_manifest(tables, ManifestConfig(raw=raw, out=tmp_path / "x.parquet"))
     assert not (tmp_path / "x.parquet").exists()  # building writes nothing
     assert result.manifest.height == 6
+
+
+def test_unreadable_directory(tmp_path, monkeypatch, capsys):
+    raw = write_raw(tmp_path / "raw", make_frames())
+    # Tests run as root, where chmod does not deny reads: simulate the permission check instead.
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(raw) else real_access(p, mode)
+    )
+    rc = main(["--data-dir", str(tmp_path / "d"), "manifest", "--raw", str(raw)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "directory is not readable" in err and err.count("\n") == 1
+    rc = main(["verify", "--raw", str(raw)])
+    assert rc == 1 and "directory is not readable" in capsys.readouterr().err

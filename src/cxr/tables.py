@@ -8,6 +8,7 @@ lists them all); `load_tables(..., strict=True)` raises the first one as a one-l
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,8 @@ def read_frames(raw: Path) -> tuple[dict[str, pl.DataFrame], dict[str, str]]:
         raise InputError(f"{raw}: raw data directory does not exist")
     if not raw.is_dir():
         raise InputError(f"{raw}: not a directory")
+    if not os.access(raw, os.R_OK | os.X_OK):
+        raise InputError(f"{raw}: directory is not readable (permission denied)")
     paths: dict[str, Path] = {}
     for kind, name in KINDS.items():
         found = locate_csv(raw, name)
