@@ -183,3 +183,20 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (2000, 1200)
     assert pixels.std() > 10, "the screenshot of report.html is blank"
+
+
+def test_gallery_report_excerpt_falls_back_to_findings():
+    from cxr.evaluate import _report_excerpt
+
+    m = pl.DataFrame(
+        {
+            "dicom_id": ["a", "b", "c", "d"],
+            "report_path": ["r1", "r2", "r3", None],
+            "impression": ["Small effusion.", None, None, None],
+            "findings": ["x", "Clear lungs.", None, None],
+        }
+    )
+    assert _report_excerpt(m, "a") == ("Impression", "Small effusion.")
+    assert _report_excerpt(m, "b") == ("Findings", "Clear lungs.")
+    assert _report_excerpt(m, "c")[1] == "no impression or findings section"
+    assert "not available" in _report_excerpt(m, "d")[1]

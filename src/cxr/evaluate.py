@@ -359,7 +359,6 @@ def _gallery(model, pre, cache, manifest, rows, pred, y, p, labels, thresholds, 
     fps = sorted(fps, key=lambda e: -e[0])[: cfg.gallery_size]
     fns = sorted(fns, key=lambda e: e[0])[: cfg.gallery_size]
 
-    has_impression = "impression" in manifest.columns
     items = []
     for kind, entries in (("false positive", fps), ("false negative", fns)):
         for prob, i, j in entries:
@@ -370,10 +369,7 @@ def _gallery(model, pre, cache, manifest, rows, pred, y, p, labels, thresholds, 
                 dicom_id = str(rows.filter(pl.col("study_id") == study_id)["dicom_id"][0])
             square = pre.square(np.asarray(cache.images[rows_for(cache, [dicom_id])[0]]))
             heat = grad_cam(model, pre.tensor(square[None]).to(cfg.device), j)
-            impression = None
-            if has_impression:
-                hit = manifest.filter(pl.col("dicom_id") == dicom_id)["impression"]
-                impression = hit[0] if hit.len() else None
+            heading, text = _report_excerpt(manifest, dicom_id)
             items.append(
                 {
                     "kind": kind,
@@ -384,10 +380,27 @@ def _gallery(model, pre, cache, manifest, rows, pred, y, p, labels, thresholds, 
                     "dicom_id": dicom_id,
                     "thumbnail": _png_data_uri(square),
                     "heatmap": _png_data_uri(overlay(square, heat)),
-                    "impression": impression or "report not available",
+                    "report_heading": heading,
+                    "impression": text,
                 }
             )
     return items
+
+
+def _report_excerpt(manifest, dicom_id: str) -> tuple[str, str]:
+    """The report's impression, else its findings (what the labels were computed from)."""
+    import polars as pl
+
+    row = manifest.filter(pl.col("dicom_id") == dicom_id)
+    if row.height == 0:
+        return "Report", "not available"
+    row = row.row(0, named=True)
+    for column, heading in (("impression", "Impression"), ("findings", "Findings")):
+        if row.get(column):
+            return heading, row[column]
+    if row.get("report_path"):
+        return "Report", "no impression or findings section"
+    return "Report", "not available (not downloaded)"
 
 
 def _png_data_uri(image: np.ndarray) -> str:
@@ -535,7 +548,7 @@ def _write_html(
             f"{html.escape(g['label'])} p={g['probability']:.3f} (thr. {g['threshold']:.3f})</div>"
             f'<div class="muted">study {g["study_id"]} · image {html.escape(g["dicom_id"])}</div>'
             f'<img alt="thumbnail" src="{g["thumbnail"]}"><img alt="Grad-CAM" src="{g["heatmap"]}">'
-            f"<div><b>Impression:</b> {html.escape(g['impression'])}</div></div>"
+            f"<div><b>{html.escape(g['report_heading'])}:</b> {html.escape(g['impression'])}</div></div>"
         )
     config = {
         "arch": ckpt.get("arch"),
