@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 ## The whole pipeline on synthetic data, on the CPU (a few minutes on 2 cores).
 demo: $(STAMP)
 	$(MAKE) --no-print-directory demo-data verify manifest verify-manifest preprocess demo-train evaluate
-	@echo "report: $(abspath reports/demo/report.html)"
+	@echo "open file://$(abspath reports/demo/report.html)"
 
 demo-data: $(STAMP)
 	$(CXR) demo --out $(DATA)/raw --n-patients $(DEMO_PATIENTS) --seed 0
