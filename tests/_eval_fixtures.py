@@ -28,7 +28,9 @@ def _dicom_id(i: int) -> str:
     return f"{i:08x}-abcdefab-cdefabcd-efabcdef-abcdefab"
 
 
-def make_checkpoint(path: Path, image_size: int = SIZE, policy: dict | None = None) -> Path:
+def make_checkpoint(
+    path: Path, image_size: int = SIZE, policy: dict | None = None, cache_size: int = 0
+) -> Path:
     import torch
 
     from cxr.models import create_model
@@ -48,7 +50,8 @@ def make_checkpoint(path: Path, image_size: int = SIZE, policy: dict | None = No
             "missing": "zeros",
             "overrides": {"Edema": {"missing": "ignore"}},
         },
-        "config": {"arch": "cxr_small", "epochs": 1, "lr": 0.001},
+        # cache_size: the squares training read (0: image_size), as cxr train records it
+        "config": {"arch": "cxr_small", "epochs": 1, "lr": 0.001, "cache_size": cache_size},
         "epoch": 1,
         "val_metrics": {"macro_auroc": 0.5},
         "cxr_version": "0.1.0",

@@ -200,3 +200,53 @@ def test_gallery_report_excerpt_falls_back_to_findings():
     assert _report_excerpt(m, "b") == ("Findings", "Clear lungs.")
     assert _report_excerpt(m, "c")[1] == "no impression or findings section"
     assert "not available" in _report_excerpt(m, "d")[1]
+
+
+def test_evaluate_and_predict_feed_the_model_what_training_validated_on(evaluated, tmp_path):
+    """A model trained at 24 px from the 32 px cache (cache_size=32): evaluate and predict both
+    give exactly the probabilities of training's validation transform on the cached squares."""
+    import torch
+    from PIL import Image
+
+    from cxr.augment import eval_transform
+    from cxr.cache import load_cache, rows_for
+    from cxr.checkpoint import load_checkpoint, model_from_checkpoint
+
+    fx, _ = evaluated
+    ckpt_path = make_checkpoint(tmp_path / "m" / "best.pt", image_size=24, cache_size=32)
+    out = tmp_path / "r"
+    args = ["--quiet", "--data-dir", str(fx.root), "evaluate", "--checkpoint", str(ckpt_path)]
+    assert main([*args, "--out", str(out), "--bootstrap", "0"]) == 0
+    pred = pl.read_csv(out / "predictions.csv").head(4)
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    cache = load_cache(fx.cache)
+    squares = np.asarray(cache.images[rows_for(cache, pred["dicom_id"].to_list())])
+    norm = ckpt["normalization"]
+    with torch.inference_mode():
+        x = eval_transform(torch.from_numpy(squares.copy())[:, None], 24, norm["mean"], norm["std"])
+        expected = torch.sigmoid(model(x)).numpy()
+    np.testing.assert_allclose(pred.select(LABELS).to_numpy(), expected, atol=2e-6)
+
+    files = tmp_path / "files"
+    files.mkdir()
+    for k, square in enumerate(squares):
+        Image.fromarray(square).save(files / f"img{k}.png")
+    csv_out = tmp_path / "p"
+    assert (
+        main(
+            [
+                "--quiet",
+                "predict",
+                "--checkpoint",
+                str(ckpt_path),
+                str(files),
+                "--out",
+                str(csv_out),
+            ]
+        )
+        == 0
+    )
+    got = pl.read_csv(csv_out / "predictions.csv").sort("file").select(LABELS).to_numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-6)

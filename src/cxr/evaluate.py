@@ -66,15 +66,16 @@ def _read_manifest(path: Path):
     return read_manifest(path)
 
 
-def _find_cache(cfg: EvaluateConfig, image_size: int):
-    """The image cache to read: --cache, else cache-<image_size>, else the only cache present."""
+def _find_cache(cfg: EvaluateConfig, size: int):
+    """The image cache to read: --cache, else cache-<size> (the one training read), else the only
+    cache present (its squares are then refit to `size`)."""
     from cxr.cache import load_cache
     from cxr.paths import DataPaths
 
     if cfg.cache is not None:
         return load_cache(cfg.cache)
     paths = DataPaths(cfg.data_root)
-    exact = paths.cache(image_size)
+    exact = paths.cache(size)
     if exact.exists():
         return load_cache(exact)
     others = sorted(exact.parent.glob("cache-*")) if exact.parent.exists() else []
@@ -82,7 +83,7 @@ def _find_cache(cfg: EvaluateConfig, image_size: int):
         return load_cache(others[0])
     found = ", ".join(p.name for p in others) or "none"
     raise InputError(
-        f"{exact}: no image cache of the checkpoint's size {image_size} (found: {found}); "
+        f"{exact}: no image cache of the size the checkpoint was trained from, {size} (found: {found}); "
         "run `cxr preprocess` or pass --cache"
     )
 
@@ -108,7 +109,7 @@ def _predict_split(model, pre, cache, rows, cfg: EvaluateConfig, description: st
     def batches():
         for start in range(0, n, cfg.batch_size):
             block = np.asarray(cache.images[idx[start : start + cfg.batch_size]])
-            if cache.size != pre.image_size:
+            if cache.size != pre.square_size:  # another cache: refit its squares
                 block = np.stack([pre.square(im) for im in block])
             yield block
 
@@ -174,7 +175,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     policy = dict(ckpt.get("label_policy") or {"uncertain": "ignore", "missing": "zeros"})
     manifest_path = cfg.manifest or DataPaths(cfg.data_root).manifest
     manifest = _read_manifest(manifest_path)
-    cache = _find_cache(cfg, pre.image_size)
+    cache = _find_cache(cfg, pre.square_size)
 
     results = {}
     for split in dict.fromkeys(("validate", cfg.split)):

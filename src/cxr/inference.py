@@ -1,9 +1,13 @@
 """Inference shared by `evaluate` and `predict`: the model and its preprocessing, from a checkpoint alone.
 
-Preprocessing is exactly training's: a 2-D uint8 image (MONOCHROME2) -> `fit_square(image_size)`
-(aspect kept, longer side = image_size, centred, zero-padded) -> float / 255 -> (x - mean) / std,
-repeated to `in_chans` channels. Nothing here reads a config file, so inference cannot drift from
-training.
+Preprocessing is exactly what training's validation did, so inference cannot drift from it:
+training reads squares from an image cache of `source_size` (the config's `cache_size`, else
+`image_size`) built by `cxr.images.load_fitted` (load_xray -> fit_square, aspect kept, zero-padded),
+and `cxr.augment.eval_transform` resizes them to `image_size` (bilinear, antialiased, in float) and
+normalizes. A file is therefore read as `load_fitted(path, source_size)`, exactly as the cache
+stores it, and then goes through the same `eval_transform`. (Fitting straight to `image_size`
+would feed the model a box-filtered, uint8-rounded, half-a-pixel-shifted image it never saw: on the
+demo model that moved probabilities by up to 0.6.) Nothing here reads a config file.
 """
 
 from __future__ import annotations
@@ -17,36 +21,56 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Preprocess:
-    image_size: int
+    image_size: int  # the model's input
     mean: float
     std: float
     in_chans: int = 1
+    source_size: int = 0  # the squares training read (its cache's size); 0: image_size
+
+    @property
+    def square_size(self) -> int:
+        return self.source_size or self.image_size
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> Preprocess:
         norm = ckpt.get("normalization") or {}
+        image_size = int(ckpt["image_size"])
+        config = ckpt.get("config") or {}
         return cls(
-            image_size=int(ckpt["image_size"]),
+            image_size=image_size,
             mean=float(norm.get("mean", 0.0)),
             std=float(norm.get("std", 1.0)) or 1.0,
             in_chans=int(ckpt.get("in_chans", 1)),
+            # train reads cache-<cache_size> (0 or absent: image_size) and resizes on the fly.
+            source_size=int(config.get("cache_size") or image_size),
         )
 
+    def read(self, path: str | Path) -> np.ndarray:
+        """A file as the cache would store it: uint8 (S, S) at `square_size` (ImageReadError)."""
+        from cxr.images import load_fitted
+
+        return load_fitted(path, self.square_size)
+
     def square(self, image: np.ndarray) -> np.ndarray:
-        """uint8 (S, S) at the checkpoint's size; a no-op when already that size and square."""
-        if image.shape == (self.image_size, self.image_size):
+        """uint8 (S, S) at `square_size`; a no-op when already that size and square (a cache row)."""
+        size = self.square_size
+        if image.shape == (size, size):
             return image
         from cxr.images import fit_square
 
-        return fit_square(image, self.image_size)
+        return fit_square(image, size)
 
     def tensor(self, squares: np.ndarray):
-        """uint8 (N, S, S) -> normalized float32 tensor (N, in_chans, S, S)."""
+        """uint8 squares (N, S, S) -> the model's input (N, in_chans, image_size, image_size).
+
+        `cxr.augment.eval_transform`, the very function training validated with.
+        """
         import torch
 
+        from cxr.augment import eval_transform
+
         x = torch.from_numpy(np.array(squares, dtype=np.uint8))  # a copy: memmaps are read-only
-        x = x.float().div_(255.0)
-        x = x.sub_(self.mean).div_(self.std).unsqueeze(1)
+        x = eval_transform(x.unsqueeze(1), self.image_size, self.mean, self.std)
         if self.in_chans != 1:
             x = x.expand(-1, self.in_chans, -1, -1).contiguous()
         return x

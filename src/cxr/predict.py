@@ -1,8 +1,10 @@
 """`cxr predict`: a checkpoint on any X-ray files (JPEG, PNG, DICOM) -> one row of probabilities each.
 
 Files are read with `cxr.images.load_xray` (JPEG decoded at reduced scale when the model's input is
-smaller, 16-bit PNG scaled, RGBA flattened to luminance, DICOM windowed and MONOCHROME1 inverted),
-then preprocessed exactly as in training from the checkpoint alone. Directories are walked
+smaller, 16-bit PNG scaled, RGBA flattened to luminance, DICOM windowed and MONOCHROME1 inverted)
+and fit to a square exactly as the image cache stores them, then preprocessed as training's
+validation did, from the checkpoint alone (`cxr.inference.Preprocess`): a file gets the same
+probabilities from `cxr predict` as its cached image gets from `cxr evaluate`. Directories are walked
 recursively for `.jpg .jpeg .png .dcm .dicom` files and extension-less files that are DICOM by their
 magic (`DICM` at byte 128). Unreadable files are reported and skipped.
 """
@@ -75,15 +77,15 @@ def collect_files(inputs: Sequence[Path]) -> list[Path]:
 
 
 def _read(paths: Sequence[Path], pre) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
-    from cxr.images import ImageReadError, load_xray
+    from cxr.images import ImageReadError
 
     for path in paths:
         try:
-            image = load_xray(path, max_side=pre.image_size)
+            square = pre.read(path)  # exactly the cache's pixels for this file
         except ImageReadError as exc:
             yield path, None, exc.reason
             continue
-        yield path, pre.square(image), None
+        yield path, square, None
 
 
 def predict_files(
