@@ -52,6 +52,11 @@ def test_evaluate_writes_every_output(evaluated, capsys):
     assert m["label_policy"]["uncertain"] == "ignore" and m["label_policy"]["missing"] == "zeros"
     assert "Youden" in m["threshold_rule"]
     assert list(m["labels"]) == list(LABELS)
+    for label in LABELS:  # each label under its exact name, as the issue says; same entry
+        assert m[label] == m["labels"][label]
+        assert {"auroc", "auroc_ci", "auprc", "prevalence", "n_pos", "n_neg"} <= set(m[label])
+        assert {"sensitivity", "specificity", "ppv", "f1", "ece", "brier"} <= set(m[label])
+    assert {"split", "level", "label_policy", "macro", "micro", "counts"} <= set(m)
     assert m["counts"]["test"]["images_excluded_unreadable"] == 1
     for entry in m["labels"].values():
         if entry["auroc"] is None:
@@ -250,3 +255,15 @@ def test_evaluate_and_predict_feed_the_model_what_training_validated_on(evaluate
     )
     got = pl.read_csv(csv_out / "predictions.csv").sort("file").select(LABELS).to_numpy()
     np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def test_evaluating_validate_says_thresholds_come_from_the_same_split(evaluated, tmp_path, capsys):
+    fx, _ = evaluated
+    out = tmp_path / "val"
+    assert _run_eval(fx, out, "--split", "validate") == 0
+    printed = capsys.readouterr().out
+    assert "where the thresholds were also chosen" in " ".join(printed.split())
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] == "validate" and "same split" in m["threshold_rule"]
+    assert list(m["counts"]) == ["validate"]
+    assert "where the thresholds were also chosen" in (out / "report.html").read_text()

@@ -37,6 +37,11 @@ SPLIT_NOTE = (
     "77% in train): figures on it are not comparable with figures on random splits."
 )
 
+SAME_SPLIT_NOTE = (
+    "Evaluated on the validate split, where the thresholds were also chosen: sensitivity, "
+    "specificity, PPV and F1 are optimistic here; AUROC, AUPRC, ECE and Brier do not use them."
+)
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
@@ -202,6 +207,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         if cfg.split == "validate"
         else ""
     )
+    note = {"test": SPLIT_NOTE, "validate": SAME_SPLIT_NOTE}.get(cfg.split)
     metrics = {
         "split": cfg.split,
         "level": cfg.level,
@@ -227,9 +233,15 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 else {}
             ),
         },
-        "note": SPLIT_NOTE if cfg.split == "test" else None,
+        "note": note,
         **table,
     }
+    # The contract: each label's figures under its exact name at the top level; the same
+    # entries also stay in metrics["labels"] (in output order, beside "macro" and "micro").
+    clash = [label for label in labels if label in metrics]
+    if clash:
+        raise CxrError(f"label names {clash} clash with metrics.json keys")
+    metrics.update({label: table["labels"][label] for label in labels})
     out = cfg.out_dir()
     _write_outputs(out, cfg, ckpt, metrics, labels, rows, probs, pred, y, p)
     figures = _write_figures(out / "figures", labels, y, p)

@@ -41,37 +41,26 @@ class MetricsConfig:
 # --------------------------------------------------------------------------- label policy masks
 
 
-def _label_rule(policy: Mapping[str, Any], label: str, key: str, default: str) -> str:
-    """The policy's `key` ("missing"/"uncertain") for one label, honouring per-label overrides.
-
-    Overrides may be `{label: {"missing": ..., "uncertain": ...}}` or `{label: "ones"}` (a bare
-    string is an uncertain-rule override, the common CheXpert per-label choice).
-    """
-    override = (policy.get("overrides") or {}).get(label)
-    if isinstance(override, Mapping) and key in override:
-        return str(override[key])
-    if isinstance(override, str) and key == "uncertain":
-        return override
-    return str(policy.get(key, default))
-
-
 def eval_targets(
     raw: np.ndarray, labels: Sequence[str], policy: Mapping[str, Any] | None
 ) -> np.ndarray:
     """Evaluation targets from raw CheXpert values (1, 0, -1, NaN) under a run's label policy.
 
     Uncertain (-1) is always excluded from evaluation (NaN), whatever the training policy did with
-    it: its truth is unknown. Blank is 0 under `missing=zeros` and excluded under `missing=ignore`.
+    it: its truth is unknown. Blank is 0 under `missing=zeros` and excluded under `missing=ignore`,
+    per label as `cxr.policy.LabelPolicy` resolves its overrides.
     """
-    policy = policy or {}
+    from cxr.policy import LabelPolicy
+
+    rules = LabelPolicy.from_dict(policy or {})
     raw = np.asarray(raw, dtype=np.float64)
     out = raw.copy()
     for j, label in enumerate(labels):
         col = out[:, j]
         col[col == -1.0] = np.nan
-        blank = np.isnan(raw[:, j])
-        if _label_rule(policy, label, "missing", "zeros") == "zeros":
-            col[blank] = 0.0
+        _uncertain, missing = rules.rule_for(label)
+        if missing == "zeros":
+            col[np.isnan(raw[:, j])] = 0.0
     return out
 
 
