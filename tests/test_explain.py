@@ -62,3 +62,33 @@ def test_grad_cam_for_every_supported_backbone(name):
     # random weights may give one label a negative-only map (all zero); not every label
     assert any(cam.max() == pytest.approx(1.0) for cam in maps)
     assert not model.training
+
+
+def test_equals_classic_grad_cam_under_a_global_pool_head():
+    """Per-position gradient weights reduce to Grad-CAM's spatial mean when the head pools first."""
+    torch.manual_seed(1)
+    model = create_model("resnet18", num_labels=3, in_chans=1).eval()
+    x = torch.randn(1, 1, 64, 64)
+    ours = grad_cams(model, x, [1])[0]
+    feats = model.forward_features(x)
+    (grads,) = torch.autograd.grad(model.forward_head(feats)[0, 1], feats)
+    classic = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * feats).sum(1, keepdim=True))
+    classic = torch.nn.functional.interpolate(classic, size=(64, 64), mode="bilinear")[0, 0]
+    classic = (classic / classic.max()).detach().numpy()
+    np.testing.assert_allclose(ours, classic, atol=1e-5)
+
+
+def test_position_keeping_head_shows_where_the_head_looks():
+    """cxr_small's head keeps a 4 x 4 grid. A label reading only the top-left cell (weights +1 there,
+    -1/15 elsewhere: zero spatial mean) got an all-zero map from mean-weighted Grad-CAM; it must
+    light up the top-left quarter of the image."""
+    torch.manual_seed(0)
+    model = create_model("cxr_small", num_labels=2, in_chans=1).eval()
+    channels = model.classifier.in_features // 16
+    pattern = torch.full((4, 4), -1.0 / 15)
+    pattern[0, 0] = 1.0
+    with torch.no_grad():
+        model.classifier.weight[0] = pattern.flatten().repeat(channels)  # (C, 4, 4) flattened
+    cam = grad_cam(model, torch.rand(1, 64, 64), 0)
+    assert cam.max() == pytest.approx(1.0)
+    assert cam[:16, :16].mean() > 5 * cam[32:, 32:].mean()

@@ -8,6 +8,11 @@ produces a 4-D (N, C, h, w) output with more than one spatial position.
 
 Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of d logit / d features; heatmap =
 ReLU(sum_c weight_c * features_c), upsampled bilinearly to the input's size and scaled to [0, 1].
+We weight each position by its own gradient instead of the spatial mean (HiResCAM, Draelos & Carin
+2020). For a head that starts with global average pooling (every timm backbone here) the gradient is
+the same at every position, so this is exactly Grad-CAM; for cxr_small, whose head keeps a 4 x 4
+grid, the mean weights cancel out and left 60% of the demo model's maps all zero, while the
+per-position weights show what the head actually uses.
 """
 
 from __future__ import annotations
@@ -66,8 +71,8 @@ def grad_cams(model, x, label_indices: Sequence[int]) -> list[np.ndarray]:
                 (grads,) = torch.autograd.grad(
                     logits[0, index], feats, retain_graph=k < len(label_indices) - 1
                 )
-                weights = grads.mean(dim=(2, 3), keepdim=True)
-                cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).detach()
+                # per-position weights: equal to Grad-CAM's spatial mean under a pooled head
+                cam = F.relu((grads * feats).sum(dim=1, keepdim=True)).detach()
                 cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
                 cam = cam[0, 0]
                 top = cam.max()
