@@ -187,3 +187,16 @@ def test_privacy_no_subject_id_in_any_output(tmp_path, capfd):
     for sid in fx.subject_ids:
         for text in texts:
             assert str(sid) not in text
+
+
+def test_no_image_files_is_one_line_and_writes_nothing(inputs, tmp_path, capsys):
+    _, ckpt, _, _ = inputs
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("x")
+    out = tmp_path / "o"
+    assert main(["predict", "--checkpoint", str(ckpt), str(empty), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "no image files found" in captured.err
+    assert not out.exists()

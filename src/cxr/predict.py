@@ -192,8 +192,14 @@ def predict(cfg: PredictConfig) -> tuple[PredictResult, str]:
         raise CxrError(f"--format must be csv or json, got {cfg.format!r}")
     if cfg.cam and cfg.out is None:
         raise CxrError("--cam writes overlay images: give an output directory with --out")
-    model, ckpt, pre = load_model(cfg.checkpoint, cfg.device)
     files = collect_files(cfg.inputs)
+    if not files:  # before loading the model, and before any output is written
+        raise CxrError(
+            "no image files found in the inputs (directories are searched for "
+            + " ".join(EXTENSIONS)
+            + " and DICOM files without an extension)"
+        )
+    model, ckpt, pre = load_model(cfg.checkpoint, cfg.device)
     result, squares = predict_files(model, pre, ckpt["labels"], files, cfg.batch_size, cfg.device)
     text = format_rows(result, cfg.format)
     if cfg.out is not None:
