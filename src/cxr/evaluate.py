@@ -588,8 +588,8 @@ seed {metrics["bootstrap"]["seed"]}. <b>ECE:</b> 15 equal-width bins.</p>
 <table><tr><th>split</th>{counts_head}</tr>{counts_rows}</table>
 <h2>Metrics</h2>
 <table>{"".join(body)}</table>
-<p class="muted">Macro: mean over labels with both classes. Micro: all (label, {html.escape(metrics["level"])})
-pairs pooled, each label at its own threshold.</p>
+<p class="muted">Macro: mean over labels with both classes. Micro: the evaluated (label, {html.escape(metrics["level"])})
+pairs of those labels pooled, each label's decisions at its own threshold.</p>
 <h2>ROC curves</h2>{img(figures["roc"], "ROC curves")}
 <h2>Precision-recall curves</h2>{img(figures["pr"], "PR curves")}
 <h2>Calibration</h2>{img(figures["reliability"], "reliability diagram")}
