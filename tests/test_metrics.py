@@ -137,3 +137,18 @@ def test_aggregate_studies_means_images():
     assert out["A"].to_list() == pytest.approx([0.5, 0.4])
     assert out["B"].to_list() == pytest.approx([0.0, 0.5])
     assert out["n_images"].to_list() == [1, 2]
+
+
+def test_bootstrap_draws_whole_studies():
+    from cxr.metrics import bootstrap_counts
+
+    groups = np.array([0, 0, 0, 1, 2, 2, 3])  # study codes of 7 images
+    counts = bootstrap_counts(groups, 200, seed=3)
+    assert counts.shape == (200, 7)
+    # the images of one study are always drawn together, as often as their study
+    assert (counts[:, 0] == counts[:, 1]).all() and (counts[:, 1] == counts[:, 2]).all()
+    assert (counts[:, 4] == counts[:, 5]).all()
+    # each resample draws 4 studies (not 7 images)
+    per_study = counts[:, [0, 3, 4, 6]]
+    assert (per_study.sum(axis=1) == 4).all()
+    np.testing.assert_array_equal(counts, bootstrap_counts(groups, 200, seed=3))
