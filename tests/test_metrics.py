@@ -152,3 +152,16 @@ def test_bootstrap_draws_whole_studies():
     per_study = counts[:, [0, 3, 4, 6]]
     assert (per_study.sum(axis=1) == 4).all()
     np.testing.assert_array_equal(counts, bootstrap_counts(groups, 200, seed=3))
+
+
+def test_ece_matches_sklearn_calibration_curve():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(5)
+    p = rng.random(2000) ** 2  # skewed, never exactly on a bin edge
+    y = (rng.random(2000) < np.clip(p * 1.3, 0, 1)).astype(float)
+    frac_pos, mean_p = calibration_curve(y, p, n_bins=15, strategy="uniform")
+    counts = np.histogram(p, bins=np.linspace(0, 1, 16))[0]
+    weights = counts[counts > 0] / p.size
+    expected = float(np.sum(weights * np.abs(frac_pos - mean_p)))
+    assert expected_calibration_error(y, p, 15) == pytest.approx(expected)
