@@ -273,7 +273,7 @@ def parse_report_flags(text: str) -> tuple[dict[str, str], dict[str, bool]]:
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     if "\r" in text:
-        flags[FLAG_CRLF] = "\r\n" in text
+        flags[FLAG_CRLF] = True  # CRLF or bare CR line endings
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.startswith("\ufeff"):
         text = text[1:]
