@@ -261,7 +261,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     # -- model, loss, optimizer, schedule --------------------------------------------------------
     # A resumed run takes its weights from last.pt: no pretrained download (it may be offline).
     pretrained = None if resume else (cfg.pretrained or None)
-    model = create_model(cfg.model, len(cfg.labels), IN_CHANS, pretrained)
+    model = create_model(cfg.model, len(cfg.labels), IN_CHANS, pretrained, labels=cfg.labels)
     ckpt = None
     if resume:
         ckpt = load_checkpoint(last_path)
