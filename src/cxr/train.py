@@ -411,7 +411,10 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
                         task, completed=step, stats=f"loss {mean_loss:.4f}  {rate:,.0f} img/s"
                     )
         if d.world > 1:
-            totals = torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64)
+            # On the training device: NCCL reduces CUDA tensors only (gloo takes the CPU's).
+            totals = torch.tensor(
+                [float(loss_sum), float(seen)], dtype=torch.float64, device=d.device
+            )
             dist.all_reduce(totals)
             train_loss, seen_all = float(totals[0] / totals[1]), int(totals[1])
         else:
