@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cxr.errors import CxrError
-from cxr.images import ImageReadError, fit_square, load_fitted, load_xray, verify_images
+from cxr.images import ImageReadError, fit_square, load_fitted, load_xray
 from xray_fixtures import write_jpeg, xray_like
 
 
@@ -238,6 +238,35 @@ def test_dicom_window_applied(tmp_path):
     assert np.all(np.diff(inside.astype(int)) >= 0) and 0 < inside.mean() < 255
 
 
+def test_dicom_monochrome1_rescale_and_window_then_inverted(tmp_path):
+    """Modality rescale, then the VOI window on the rescaled values, then MONOCHROME1 inversion:
+    values below the window are white, above it black, and the ramp inside runs downwards."""
+    raw = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (4, 1))
+    path = _dicom(
+        tmp_path / "m1w.dcm",
+        raw,
+        photometric="MONOCHROME1",
+        RescaleSlope="2",
+        RescaleIntercept="-100",
+        WindowCenter="3996",  # in rescaled units: the window is [2972, 5020]
+        WindowWidth="2048",
+    )
+    img = load_xray(path)[0].astype(int)
+    value = raw[0] * 2.0 - 100
+    assert img[value < 2972].min() == 255 and img[value > 5020].max() == 0
+    inside = img[(value > 3000) & (value < 5000)]
+    assert np.all(np.diff(inside) <= 0) and 0 < inside.mean() < 255
+    # a window ignoring the rescale would put the white/black edge elsewhere
+    assert abs(int(np.argmin(np.abs(img - 128))) - int(np.argmin(np.abs(value - 3996)))) <= 1
+
+
+def test_dicom_12bit_ignores_bits_above_bits_stored(tmp_path, picture):
+    """BitsStored 12 in 16 allocated: bits 12-15 (overlays, garbage) must not reach the pixels."""
+    raw = picture.astype(np.uint16) * 16
+    img = load_xray(_dicom(tmp_path / "hb.dcm", raw | 0xF000, bits_stored=12))
+    np.testing.assert_array_equal(img, _minmax8(raw))
+
+
 def test_dicom_jpeg_baseline_compressed(tmp_path, picture):
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
@@ -296,21 +325,6 @@ def test_fit_square_area_average():
     checker = (np.indices((128, 128)).sum(axis=0) % 2 * 255).astype(np.uint8)
     out = fit_square(checker, 64)
     assert np.all(np.abs(out.astype(int) - 128) <= 1)  # box filter: exact 2x2 means
-
-
-# ----------------------------------------------------------------------------- verify_images
-
-
-def test_verify_images_reports_failures_in_order(tmp_path, picture):
-    good = [write_jpeg(tmp_path / f"g{i}.jpg", picture) for i in range(10)]
-    (tmp_path / "empty.jpg").write_bytes(b"")
-    paths = [*good[:5], tmp_path / "empty.jpg", tmp_path / "missing.jpg", *good[5:]]
-    for workers in (1, 2):
-        failures = verify_images(paths, workers=workers)
-        assert failures == [
-            (str(tmp_path / "empty.jpg"), "empty file (0 bytes)"),
-            (str(tmp_path / "missing.jpg"), "file not found"),
-        ]
 
 
 def test_read_error_masks_the_patient_folder(tmp_path):

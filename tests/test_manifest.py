@@ -283,3 +283,46 @@ def test_unreadable_directory(tmp_path, monkeypatch, capsys):
     assert rc == 1 and "directory is not readable" in err and err.count("\n") == 1
     rc = main(["verify", "--raw", str(raw)])
     assert rc == 1 and "directory is not readable" in capsys.readouterr().err
+
+
+def test_every_excluded_image_has_exactly_one_reason(tmp_path):
+    """Images kept + images excluded (summed over reasons) = every image either file lists."""
+    f = make_frames()
+    f["metadata"] = f["metadata"].filter(pl.col("dicom_id") != dicom("09"))  # only in split
+    f["split"] = f["split"].filter(pl.col("dicom_id") != dicom("04"))  # only in metadata
+    all_images = set(f["split"]["dicom_id"]) | set(f["metadata"]["dicom_id"])
+    result, info = build(tmp_path, frames=f, n_studies=3)  # 2 held-out + 1 sampled train study
+    excl = info["exclusions"]
+    assert set(excl) == {
+        "split_row_not_in_metadata",
+        "metadata_image_not_in_split",
+        "view_missing",
+        "view_not_selected",
+        "no_label_row",
+        "train_study_not_sampled",
+    }
+    assert excl["metadata_image_not_in_split"] == {"images": 1, "studies": 1}
+    assert result.manifest.height + sum(c["images"] for c in excl.values()) == len(all_images)
+    assert info["counts"]["total"]["studies"] == 3
+
+
+def test_label_row_of_another_patient_is_an_error(tmp_path):
+    f = make_frames()
+    f["chexpert"] = f["chexpert"].with_columns(
+        pl.when(pl.col("study_id") == "50000051")
+        .then(pl.lit("10000004"))
+        .otherwise(pl.col("subject_id"))
+        .alias("subject_id")
+    )
+    _expect_error(tmp_path, f, r"chexpert\.csv\.gz: study 50000051 has its label row under another")
+
+
+def test_label_rows_without_images_are_counted(tmp_path):
+    f = make_frames()
+    extra = f["chexpert"].head(1).with_columns(pl.lit("50000099").alias("study_id"))
+    f["chexpert"] = pl.concat([f["chexpert"], extra])
+    result, info = build(tmp_path, frames=f)
+    assert info["label_rows_without_images"] == 1
+    assert 50000099 not in result.manifest["study_id"].to_list()
+    _, clean = build(tmp_path / "clean")
+    assert clean["label_rows_without_images"] == 0

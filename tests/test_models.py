@@ -78,3 +78,40 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"nope")
     with pytest.raises(CxrError, match="not a loadable"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def _ckpt(model, labels):
+    return make_checkpoint(
+        model,
+        arch="resnet18",
+        labels=labels,
+        image_size=32,
+        mean=0.5,
+        std=0.29,
+        in_chans=1,
+        label_policy={},
+        config={},
+        epoch=1,
+        val_metrics={},
+    )
+
+
+def test_weights_from_a_checkpoint_of_another_label_set_drop_the_classifier(tmp_path):
+    torch.manual_seed(0)
+    trained = create_model("resnet18", num_labels=2)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, _ckpt(trained, ["Edema", "Atelectasis"]))
+    same = create_model("resnet18", 2, pretrained=str(path), labels=["Edema", "Atelectasis"])
+    assert torch.equal(same.fc.weight, trained.fc.weight)
+    # same number of outputs, other order: the head would silently swap labels; it is not loaded
+    swapped = create_model("resnet18", 2, pretrained=str(path), labels=["Atelectasis", "Edema"])
+    assert not torch.equal(swapped.fc.weight, trained.fc.weight)
+    assert torch.equal(swapped.conv1.weight, trained.conv1.weight)  # the backbone is
+
+
+def test_a_file_that_is_no_weights_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "w.pt"
+    torch.save({"fn": print}, bad)  # not weights_only-loadable: torch's message is many lines
+    with pytest.raises(CxrError, match="not a loadable weights file") as err:
+        create_model("resnet18", pretrained=str(bad))
+    assert "\n" not in str(err.value)

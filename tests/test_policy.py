@@ -93,3 +93,14 @@ def test_bad_inputs():
         apply_policy(np.array([[2.0]]), ["Edema"], LabelPolicy())
     with pytest.raises(CxrError, match="shape"):
         apply_policy(np.zeros((3, 2)), ["Edema"], LabelPolicy())
+
+
+def test_no_finding_and_support_devices_stay_independent():
+    # MIMIC: Support Devices = 1 may coexist with No Finding = 1; no rule couples the labels
+    # (a "No Finding zeroes everything" rule would wrongly zero Support Devices).
+    names = ["No Finding", "Support Devices", "Edema"]
+    labels = np.array([[1.0, 1.0, NAN], [NAN, -1.0, 1.0]], dtype=np.float32)
+    for uncertain, missing in itertools.product(UNCERTAIN_CHOICES, MISSING_CHOICES):
+        t, m = apply_policy(labels, names, LabelPolicy(uncertain, missing))
+        assert t[0, :2].tolist() == [1.0, 1.0] and m[0, :2].tolist() == [1.0, 1.0]
+        assert (t[1, 1], m[1, 1]) == expected(-1.0, uncertain, missing)

@@ -111,9 +111,22 @@ def test_header_right_after_header_and_first_line_and_end():
 
 def test_headers_without_following_newline():
     text = " FINAL REPORT\n INDICATION: cough. FINDINGS: inline is not a header\n IMPRESSION: ok"
-    sections = parse_report(text)
+    sections, flags = parse_report_flags(text)
     assert sections["indication"] == "cough. FINDINGS: inline is not a header"
     assert sections["impression"] == "ok"
+    assert not flags["glued_header"]
+
+
+def test_known_header_glued_to_its_text():
+    # The official pattern needs white space after the colon and would lose these findings.
+    text = " FINAL REPORT\n FINDINGS:The lungs are clear.\n more.\n IMPRESSON:Normal."
+    sections, flags = parse_report_flags(text)
+    assert sections["findings"] == "The lungs are clear. more."
+    assert sections["impression"] == "Normal."
+    assert flags["glued_header"] and not flags["no_header"]
+    # An unknown name glued to text is prose, not a header.
+    sections, flags = parse_report_flags(" FINDINGS: ratio\n RIGHT:LEFT is 2\n")
+    assert sections["findings"] == "ratio RIGHT:LEFT is 2" and not flags["glued_header"]
 
 
 def test_crlf_and_lone_cr():
@@ -121,7 +134,8 @@ def test_crlf_and_lone_cr():
     sections, flags = parse_report_flags(text)
     assert flags["crlf"]
     assert sections == parse_report(EXAMPLE.read_text())
-    assert parse_report(EXAMPLE.read_text().replace("\n", "\r")) == sections
+    lone_cr, flags = parse_report_flags(EXAMPLE.read_text().replace("\n", "\r"))
+    assert lone_cr == sections and flags["crlf"]  # old Mac line endings are counted too
 
 
 def test_empty_and_whitespace_and_none():
@@ -180,11 +194,33 @@ def test_addenda_kept_apart():
     assert "addendum" not in parse_report(EXAMPLE.read_text() + " " + "_" * 40 + "\n")
 
 
+def test_several_addenda_each_stripped_of_its_title():
+    addendum = " " * 33 + "FINAL ADDENDUM\n ADDENDUM:  {}\n \n " + "_" * 78 + "\n"
+    text = addendum.format("First note.") + addendum.format("Second note.") + EXAMPLE.read_text()
+    sections = parse_report(text)
+    assert sections["addendum"] == "First note.\nSecond note."
+    assert sections["impression"] == "Large left pleural effusion"
+
+
+def test_rule_that_is_not_an_addendum_keeps_the_text_around_it():
+    """A line of underscores inside the report must not turn the findings above it into addenda."""
+    rule = " " + "_" * 60
+    text = _report(("INDICATION", "cough"), ("FINDINGS", f"Lungs clear.\n{rule}\nNo effusion."))
+    text += rule + "\n IMPRESSION: Normal.\n"
+    sections = parse_report(text)
+    assert "addendum" not in sections
+    assert sections["findings"] == "Lungs clear.\nNo effusion."  # the rule ends a paragraph
+    assert sections["impression"] == "Normal."
+    assert sections["indication"] == "cough"
+
+
 def test_very_long_report():
     body = "The lungs are clear without consolidation.\n" * 20000
     sections = parse_report(_report(("FINDINGS", body), ("IMPRESSION", "Normal.")))
     assert len(sections["findings"]) > 800_000
     assert sections["impression"] == "Normal."
+    assert parse_report_flags(_report(("FINDINGS", body)))[1]["long"]
+    assert not parse_report_flags(EXAMPLE.read_text())[1]["long"]
 
 
 def test_decode_non_utf8(tmp_path):
@@ -233,8 +269,71 @@ def test_property_keeps_findings_and_impression_words(
         assert sections[key].split() == words
 
 
+_OTHER_HEADERS = [
+    "EXAMINATION",
+    "INDICATION",
+    "HISTORY",
+    "TECHNIQUE",
+    "COMPARISON",
+    "NOTE",
+    "WET READ",
+]
+
+
+@st.composite
+def _layout(draw):
+    """A report with findings and impression bodies among other sections, in a random layout:
+    header on its own line or followed by text, glued to it, lines with or without the leading
+    space, blank lines or not, rules between sections, addenda, CRLF, sections in any order."""
+    findings, impression = draw(_BODY), draw(_BODY)
+    sections = [
+        (
+            draw(st.sampled_from(["FINDINGS", "FINDING", "PA AND LATERAL VIEWS OF THE CHEST"])),
+            findings,
+        ),
+        (draw(st.sampled_from(["IMPRESSION", "CONCLUSION", "IMPRESSON", "SUMMARY"])), impression),
+    ]
+    sections += [
+        (h, draw(_BODY)) for h in draw(st.lists(st.sampled_from(_OTHER_HEADERS), max_size=4))
+    ]
+    sections = draw(st.permutations(sections))
+    lines = [draw(st.sampled_from([" " * 33 + "FINAL REPORT", "FINAL REPORT", ""]))]
+    for header, body in sections:
+        indent = draw(st.sampled_from([" ", "", "  "]))
+        sep = draw(st.sampled_from([": ", ":  ", ":\n", ": \n \n", ":"]))
+        if sep == ":" and header.lower() not in SECTION_SYNONYMS:  # only known names may be glued
+            sep = ": "
+        body_lines = body.splitlines()
+        lines.append(f"{indent}{header}{sep}{body_lines[0]}")
+        lines += [f"{indent}{x}" for x in body_lines[1:]]
+        if draw(st.booleans()):
+            lines.append(" ")
+        if draw(st.booleans()):
+            lines.append(" " + "_" * 40)
+    text = "\n".join(lines) + draw(st.sampled_from(["", "\n"]))
+    if draw(st.booleans()):
+        text = " " * 33 + "FINAL ADDENDUM\n ADDENDUM: see below\n \n " + "_" * 60 + "\n" + text
+    if draw(st.booleans()):
+        text = text.replace("\n", "\r\n")
+    return text, findings, impression
+
+
+@settings(max_examples=400, deadline=None)
+@given(_layout())
+def test_property_random_layouts_keep_findings_and_impression(case):
+    text, findings, impression = case
+    sections = parse_report(text)
+    assert sections["findings"].split() == findings.split()
+    assert sections["impression"].split() == impression.split()
+    assert "addendum" not in sections or sections["addendum"] == "see below"
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=400) | st.binary(max_size=400).map(lambda b: decode_report(b)[0]))
+@given(
+    st.text(max_size=400)
+    | st.text(alphabet="FINDGSMPRO ():_-\n\r\t ", max_size=300)
+    | st.binary(max_size=400).map(lambda b: decode_report(b)[0])
+)
 def test_property_never_raises(text):
     sections = parse_report(text)
     assert all(isinstance(v, str) and v for v in sections.values())
@@ -262,6 +361,10 @@ def _write_tree(root: Path) -> dict[int, str]:
     other = root / "files" / "p11" / "p11000001" / "s50000004"
     other.mkdir(parents=True)
     reports[50000004] = (other / "s50000004.txt", b" FINAL REPORT\n Lungs clear.\n")
+    glued = b" FINAL REPORT\n FINDINGS:Clear.\n IMPRESSION:Normal.\n"
+    reports[50000005] = (other.parent / "s50000005.txt", glued)
+    long = _report(("FINDINGS", "Clear lungs.\n" * 2000), ("IMPRESSION", "Normal.")).encode()
+    reports[50000006] = (other.parent / "s50000006.txt", long)
     for path, data in reports.values():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -324,10 +427,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     rc = main(["--data-dir", str(tmp_path), "reports", "--csv", str(sectioned), "--workers", "1"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "sectioned 5 reports" in printed
+    assert "sectioned 7 reports" in printed
     assert "non-UTF-8 files 1 (1 characters replaced)" in printed
     assert "empty 1" in printed and "CRLF 1" in printed and "in both places 1" in printed
     assert "no header 1" in printed
+    assert "header glued to its text 1" in printed and "over 20,000 characters 1" in printed
 
     table = pl.read_parquet(out)
     assert table["study_id"].to_list() == sorted(table["study_id"].to_list())
@@ -338,6 +442,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert rows[50000004]["labeler_text"] == "Lungs clear."
     assert rows[50000003]["labeler_text"] == ""
     assert rows[50000002]["impression"] == "caf\ufffd"
+    assert rows[50000005]["findings"] == "Clear." and rows[50000005]["labeler_text"] == "Normal."
 
     with sectioned.open(newline="") as f:
         csv_rows = list(csv.DictReader(f))

@@ -64,3 +64,58 @@ def test_manifest_files(tmp_path, capsys):
     assert rc == 0, err
     for subject in result.manifest["subject_id"].unique().to_list():
         assert str(subject) not in out + err
+
+
+def test_messages_name_file_column_and_line(tmp_path, capsys):
+    f = make_frames()
+    f["chexpert"] = f["chexpert"].with_columns(
+        pl.when(pl.col("study_id") == "50000021")
+        .then(pl.lit("2"))
+        .otherwise(pl.col("Edema"))
+        .alias("Edema")
+    )
+    f["chexpert"] = pl.concat([f["chexpert"], f["chexpert"].head(1)])
+    raw = write_raw(tmp_path / "raw", f)
+    rc, _, err = run(capsys, "--raw", raw)
+    assert rc == 1
+    assert f"{schema.CHEXPERT_CSV}.gz: line 4: column 'Edema': label value '2'" in err
+    # One duplicated row is one problem (not also reported as a duplicated study_id).
+    assert err.count("duplicate key") == 1
+    assert "line 2: duplicate key (subject_id, study_id) (study_id 50000011) (and 1 more)" in err
+
+
+def test_deep_decodes_every_selected_image(tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    raw = write_raw(tmp_path / "raw", make_frames())
+    out_path = tmp_path / "m.parquet"
+    result, _ = make_manifest(ManifestConfig(raw=raw, out=out_path))
+    buf = io.BytesIO()
+    Image.new("L", (64, 48), 128).save(buf, format="JPEG", quality=95)
+    for subject, study, rel in result.manifest.select(
+        "subject_id", "study_id", "image_path"
+    ).iter_rows():
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (raw / rel).write_bytes(buf.getvalue())
+        (raw / schema.report_relpaths(subject, study)[1]).write_text(" FINAL REPORT\n")
+    rc, out, err = run(capsys, "--raw", raw, "--manifest", out_path, "--deep")
+    assert rc == 0, err
+    assert f"decoded: {result.manifest.height} images" in out
+    # Two truncated JPEGs: the first is named by dicom_id (never by path), the other counted.
+    broken = result.manifest["dicom_id", "image_path"].rows()[:2]  # manifest order
+    for _, rel in broken:
+        (raw / rel).write_bytes(buf.getvalue()[:200])
+    rc, out, err = run(capsys, "--raw", raw, "--manifest", out_path, "--deep")
+    assert rc == 1
+    assert f"decoded: {result.manifest.height - 2} images" in out
+    assert f"image {broken[0][0]}: does not decode" in err and "(and 1 more)" in err
+    for subject in result.manifest["subject_id"].unique().to_list():
+        assert str(subject) not in out + err
+
+
+def test_deep_without_manifest_is_one_line(tmp_path, capsys):
+    raw = write_raw(tmp_path / "raw", make_frames())
+    rc, _, err = run(capsys, "--raw", raw, "--deep")
+    assert rc == 1 and "--deep needs --manifest" in err and err.count("\n") == 1

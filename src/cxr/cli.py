@@ -52,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `cxr train` takes KEY=VALUE overrides anywhere among its options (`train a=1 --out X b=2`):
+    # argparse binds a positional list once, so overrides after an option arrive here.
+    if (
+        extra
+        and hasattr(args, "overrides")
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from cxr.progress import set_quiet
 
     set_quiet(args.quiet)

@@ -13,7 +13,6 @@ cache geometry.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -216,47 +215,3 @@ def fit_square(img: np.ndarray, size: int) -> np.ndarray:
 def load_fitted(path: str | os.PathLike[str], size: int) -> np.ndarray:
     """The cache's pixels for one file: `fit_square(load_xray(path, max_side=size), size)`."""
     return fit_square(load_xray(path, max_side=size), size)
-
-
-def _check_one(args: tuple[str, int | None]) -> tuple[str, str | None]:
-    path, max_side = args
-    try:
-        load_xray(path, max_side=max_side)
-    except ImageReadError as exc:
-        return path, exc.reason
-    return path, None
-
-
-def verify_images(
-    paths: Iterable[str | os.PathLike[str]],
-    max_side: int | None = 256,
-    workers: int | None = None,
-    progress: bool = False,
-) -> list[tuple[str, str]]:
-    """Decode every file (in parallel processes) and return `(path, reason)` for each failure.
-
-    For `cxr verify --deep`: `max_side` keeps JPEG decoding at reduced scale, which still decodes
-    every entropy-coded block, so truncation and corruption are found. Order follows `paths`.
-    """
-    items: Sequence[tuple[str, int | None]] = [(str(p), max_side) for p in paths]
-    workers = workers or os.cpu_count() or 1
-    failures: list[tuple[str, str]] = []
-    if workers <= 1 or len(items) < 8:
-        results = map(_check_one, items)
-        results = _maybe_track(results, len(items), progress)
-        failures = [(p, r) for p, r in results if r is not None]
-        return failures
-    import multiprocessing
-
-    with multiprocessing.get_context().Pool(workers) as pool:
-        results = pool.imap(_check_one, items, chunksize=16)
-        failures = [(p, r) for p, r in _maybe_track(results, len(items), progress) if r is not None]
-    return failures
-
-
-def _maybe_track(results, total: int, progress: bool):
-    if not progress:
-        return results
-    from cxr.progress import track
-
-    return track(results, "decoding", total=total)

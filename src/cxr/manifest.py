@@ -149,11 +149,32 @@ def assign_views(
     return kept.drop("ViewPosition", "ViewCodeSequence_CodeMeaning"), inferred
 
 
-def attach_labels(df: pl.DataFrame, chexpert: pl.DataFrame, excl: Exclusions) -> pl.DataFrame:
-    """Labels are per study: every image of a study gets the study's one row."""
-    labels = chexpert.select("study_id", *schema.LABELS)
+def attach_labels(
+    df: pl.DataFrame, chexpert: pl.DataFrame, excl: Exclusions, source: Path | str = "chexpert"
+) -> pl.DataFrame:
+    """Labels are per study: every image of a study gets the study's one row.
+
+    The row must be the same patient's: a study_id whose label row names another subject_id is a
+    broken file, not a label to borrow.
+    """
+    labels = chexpert.select(
+        "study_id", pl.col("subject_id").alias("_label_subject"), *schema.LABELS
+    )
     excl.add("no_label_row", df.join(labels, on="study_id", how="anti"))
-    return df.join(labels, on="study_id", how="inner")
+    df = df.join(labels, on="study_id", how="inner")
+    mismatch = df.filter(pl.col("_label_subject") != pl.col("subject_id"))
+    if mismatch.height:
+        studies = mismatch["study_id"].unique().sort()
+        raise InputError(
+            f"{source}: study {studies[0]} has its label row under another patient than in the "
+            f"split file ({studies.len()} stud{'y' if studies.len() == 1 else 'ies'} disagree)"
+        )
+    return df.drop("_label_subject")
+
+
+def unused_label_rows(chexpert: pl.DataFrame, split: pl.DataFrame) -> int:
+    """Label rows of studies that have no image in the split file (nothing to select: counted)."""
+    return chexpert.join(split.select("study_id").unique(), on="study_id", how="anti").height
 
 
 def select_studies(
@@ -267,7 +288,7 @@ def build_manifest(tables: RawTables, cfg: ManifestConfig) -> ManifestResult:
     excl = Exclusions()
     df = join_images(tables, excl)
     df, inferred = assign_views(df, cfg.views, cfg.infer_missing_views, excl)
-    df = attach_labels(df, tables.chexpert, excl)
+    df = attach_labels(df, tables.chexpert, excl, tables.paths.get("chexpert", "chexpert"))
     df, notes = select_studies(df, cfg.n_studies, cfg.seed, excl)
     if df.height == 0:
         raise InputError(f"{cfg.raw}: no image is left after selection (views {list(cfg.views)})")
@@ -286,6 +307,7 @@ def build_manifest(tables: RawTables, cfg: ManifestConfig) -> ManifestResult:
         "views": dict(sorted(df["view_position"].value_counts().iter_rows())),
         "views_inferred": inferred,
         "exclusions": excl.counts,
+        "label_rows_without_images": unused_label_rows(tables.chexpert, tables.split),
         "labels": label_counts(df),
         "reports_found": df.filter(pl.col("report_path").is_not_null())["study_id"].n_unique(),
         "notes": notes,

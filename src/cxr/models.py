@@ -4,13 +4,16 @@
 - `pretrained=None`: random initialization;
 - `pretrained="imagenet"`: timm's own download of ImageNet weights (a clear error when offline);
   timm sums the first convolution's RGB weights into one channel;
-- `pretrained=<path>`: a state dict file (e.g. a timm checkpoint saved elsewhere); a 3-channel first
-  convolution is summed to `in_chans` the same way, and a classifier of another size is dropped.
+- `pretrained=<path>`: a state dict file (e.g. a timm checkpoint saved elsewhere) or a cxr checkpoint;
+  a 3-channel first convolution is summed to `in_chans` the same way, and a classifier of another
+  size is dropped. So is the classifier of a cxr checkpoint trained on other labels than `labels`
+  (when given): the same number of outputs in another order must not load silently.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -61,8 +64,9 @@ def create_model(
     num_labels: int = 14,
     in_chans: int = 1,
     pretrained: str | None = None,
+    labels: Sequence[str] | None = None,
 ) -> nn.Module:
-    """A model that maps (B, in_chans, H, W) to (B, num_labels) logits."""
+    """A model that maps (B, in_chans, H, W) to (B, num_labels) logits (`labels`, if given)."""
     if name not in MODEL_NAMES:
         raise CxrError(f"unknown model {name!r}; valid: {', '.join(MODEL_NAMES)}")
     pretrained = pretrained or None
@@ -89,19 +93,31 @@ def create_model(
             TIMM_MODELS[name], pretrained=False, num_classes=num_labels, in_chans=in_chans
         )
     if pretrained is not None:
-        _load_weights_file(model, Path(pretrained), in_chans)
+        _load_weights_file(model, Path(pretrained), in_chans, labels)
     return model
 
 
-def _load_weights_file(model: nn.Module, path: Path, in_chans: int) -> None:
+def _head_prefix(model: nn.Module) -> str:
+    """The state-dict prefix of the classifier (timm's get_classifier, or SmallCNN's)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else model.classifier
+    return next(name for name, module in model.named_modules() if module is head) + "."
+
+
+def _load_weights_file(
+    model: nn.Module, path: Path, in_chans: int, labels: Sequence[str] | None = None
+) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CxrError(f"{path}: weights file not found") from None
     except Exception as exc:
-        raise CxrError(f"{path}: not a loadable weights file ({exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CxrError(f"{path}: not a loadable weights file ({first})") from None
+    drop_head = False
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a cxr checkpoint
+        # a cxr checkpoint: its classifier is only meaningful for its own labels, in its order
+        drop_head = labels is not None and list(state.get("labels", [])) != list(labels)
+        state = state["model"]
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -111,6 +127,8 @@ def _load_weights_file(model: nn.Module, path: Path, in_chans: int) -> None:
     for key, value in state.items():
         key = key.removeprefix("module.").removeprefix("_orig_mod.")
         if key not in own or not isinstance(value, torch.Tensor):
+            continue
+        if drop_head and key.startswith(_head_prefix(model)):
             continue
         if value.ndim == 4 and own[key].ndim == 4 and value.shape[1] != own[key].shape[1]:
             value = _adapt_input_conv(in_chans, value)

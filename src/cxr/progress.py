@@ -70,6 +70,7 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 def info(message: str) -> None:
-    """A line of normal output (suppressed by --quiet)."""
+    """A line of normal output (suppressed by --quiet), printed as is: no rich markup, since
+    messages carry paths and label names that may contain brackets."""
     if not _state["quiet"]:
-        console().print(message)
+        console().print(message, markup=False)

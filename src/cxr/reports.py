@@ -5,17 +5,21 @@ The sectioning follows the official MIT-LCP/mimic-cxr `txt/section_parser.py` wh
 
 - Headers are upper-case names followed by a colon at the start of a line (the official pattern
   `\\n ([A-Z ()/,-]+):\\s`); the text before the first header is the `preamble`. We also accept a
-  header on the very first line, a header at the end of the text, and a header on the line right
-  after another header (the official parser skips that line).
+  header on the very first line, a header at the end of the text, a header on the line right
+  after another header (the official parser skips that line), and a known header glued to its
+  text (`FINDINGS:The lungs...`, which the official pattern misses, losing the findings).
 - Names are lower-cased and mapped through `SECTION_SYNONYMS` (our own table of what real reports
   use, typos included), then through the official fallbacks: a name containing impression,
-  findings, history, comparison or addendum becomes that section; a name describing views of the
+  findings, history, comparison, addendum (or, unlike the official table, indication) becomes
+  that section; a name describing views of the
   chest (`PA AND LATERAL`, `PORTABLE`, `CHEST`...) becomes findings. `ndication` is indication (the
   official table maps it to impression). Other names are kept, lower-cased, spaces as `_`.
 - A section that occurs twice (two FINDINGS headers) is joined, paragraph after paragraph; the
   official parser keeps only the last one. Empty sections are dropped.
 - Addenda come first, separated from the final report by a line of underscores; they are kept apart
-  under `addendum` so they never leak into findings or impression.
+  under `addendum` so they never leak into findings or impression. Only a block that is an addendum
+  (it opens with `FINAL ADDENDUM` or `ADDENDUM:`) is taken out: a line of underscores anywhere else
+  is dropped and the text around it stays in the report.
 - When a report has neither findings nor impression, the paragraphs of its last section after the
   first become `last_paragraph` (official behaviour); a report without any header and with a single
   paragraph gets that paragraph as `last_paragraph` (the official parser returns nothing).
@@ -173,18 +177,24 @@ _VIEWS_RE = re.compile(
     r"frontal semi-upright|ribs"
 )
 
-# A header: upper-case words, then a colon, then white space or the end, at the start of a line.
-_HEADER_RE = re.compile(r"\n[ \t]*([A-Z(][A-Z ()/,-]*):(?=\s|$)")
+# A header: upper-case words and a colon at the start of a line. Officially white space or the end
+# must follow; a known name glued to its text (`FINDINGS:The`) is accepted too (see _split_sections).
+_HEADER_RE = re.compile(r"\n[ \t]*([A-Z(][A-Z ()/,-]*):")
 # A line of underscores separates each addendum from what follows (PHI is only `___`).
 _RULE_RE = re.compile(r"\n[ \t]*_{8,}[ \t]*(?=\n|$)")
 _BLANK_LINE_RE = re.compile(r"\n[ \t]*\n")
 _TITLE_RE = re.compile(r"^\s*FINAL (?:REPORT|ADDENDUM)\b\s*", re.IGNORECASE)
 _ADDENDUM_HEAD_RE = re.compile(r"^\s*ADDENDUM\s*:\s*", re.IGNORECASE)
+_IS_ADDENDUM_RE = re.compile(r"^\s*(?:FINAL ADDENDUM\b|ADDENDUM\s*:)", re.IGNORECASE)
+# Longer than any real report (MIMIC-CXR's are a few thousand characters): counted as odd.
+LONG_REPORT_CHARS = 20_000
 
 # Keys of the flags returned by `parse_report_flags`.
 FLAG_CRLF = "crlf"
 FLAG_EMPTY = "empty"
 FLAG_NO_HEADER = "no_header"
+FLAG_GLUED_HEADER = "glued_header"
+FLAG_LONG = "long"
 
 
 def normalize_section_name(name: str) -> str:
@@ -211,34 +221,41 @@ def prose(text: str) -> str:
     return "\n".join(out)
 
 
-def _split_sections(text: str) -> list[tuple[str, str]]:
-    """(normalized name, raw text) pairs, the preamble first; text starts with `\\n`."""
-    matches = list(_HEADER_RE.finditer(text))
+def _split_sections(text: str) -> tuple[list[tuple[str, str]], bool]:
+    """(normalized name, raw text) pairs, the preamble first, and whether a known header was glued
+    to its text (`FINDINGS:The`); text starts with `\\n`."""
+    matches = []
+    glued = False
+    for m in _HEADER_RE.finditer(text):
+        after = text[m.end() : m.end() + 1]
+        if after and not after.isspace():
+            # No white space after the colon: a header only if its name is one we know, so that
+            # `RIGHT:LEFT`-like text stays prose.
+            if " ".join(m.group(1).lower().split()) not in SECTION_SYNONYMS:
+                continue
+            glued = True
+        matches.append(m)
     if not matches:
-        return [("preamble", text)]
+        return [("preamble", text)], False
     out = [("preamble", text[: matches[0].start()])]
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         out.append((normalize_section_name(m.group(1)), text[m.end() : end]))
-    return out
+    return out, glued
 
 
-def _split_addenda(text: str) -> tuple[str, str]:
-    """(addenda, final report): everything before the last line of underscores is addenda.
-
-    A rule with nothing after it (a trailing signature line) is dropped, not treated as a split.
-    """
-    rules = list(_RULE_RE.finditer(text))
-    while rules and not text[rules[-1].end() :].strip():
-        text = text[: rules.pop().start()]
-    if not rules:
-        return "", text
-    return text[: rules[-1].start()], text[rules[-1].end() :]
+def _split_addenda(text: str) -> tuple[list[str], str]:
+    """(addenda, final report): the blocks between lines of underscores that are addenda, and the
+    rest. A rule line is never text; a block that is not an addendum stays in the report."""
+    addenda, body = [], []
+    for block in _RULE_RE.split(text):
+        (addenda if _IS_ADDENDUM_RE.match(block) else body).append(block)
+    return addenda, "\n".join(body)
 
 
-def _addendum_prose(block: str) -> str:
+def _addendum_prose(blocks: list[str]) -> str:
     parts = []
-    for piece in _RULE_RE.split(block):
+    for piece in blocks:
         piece = _TITLE_RE.sub("", piece.lstrip("\n"), count=1)
         piece = _ADDENDUM_HEAD_RE.sub("", piece, count=1)
         p = prose(piece)
@@ -248,12 +265,15 @@ def _addendum_prose(block: str) -> str:
 
 
 def parse_report_flags(text: str) -> tuple[dict[str, str], dict[str, bool]]:
-    """`parse_report`, plus what was odd about the text (CRLF, empty, no header)."""
-    flags = {FLAG_CRLF: False, FLAG_EMPTY: False, FLAG_NO_HEADER: False}
+    """`parse_report`, plus what was odd about the text (CRLF, empty, no header, a header glued to
+    its text, longer than LONG_REPORT_CHARS)."""
+    flags = dict.fromkeys(
+        (FLAG_CRLF, FLAG_EMPTY, FLAG_NO_HEADER, FLAG_GLUED_HEADER, FLAG_LONG), False
+    )
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     if "\r" in text:
-        flags[FLAG_CRLF] = "\r\n" in text
+        flags[FLAG_CRLF] = True  # CRLF or bare CR line endings
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -261,8 +281,11 @@ def parse_report_flags(text: str) -> tuple[dict[str, str], dict[str, bool]]:
         flags[FLAG_EMPTY] = True
         return {}, flags
 
+    flags[FLAG_LONG] = len(text) > LONG_REPORT_CHARS
     addenda, body = _split_addenda("\n" + text)
-    pieces = _split_sections(body if body.startswith("\n") else "\n" + body)
+    pieces, flags[FLAG_GLUED_HEADER] = _split_sections(
+        body if body.startswith("\n") else "\n" + body
+    )
     flags[FLAG_NO_HEADER] = len(pieces) == 1
 
     sections: dict[str, str] = {}

@@ -31,6 +31,9 @@ def print_manifest_summary(info: dict, out: Path) -> None:
         out_console.print("excluded:")
         for reason, c in info["exclusions"].items():
             out_console.print(f"  {reason}: {c['images']} images, {c['studies']} studies")
+    unused = info.get("label_rows_without_images", 0)
+    if unused:
+        out_console.print(f"label rows without images in the split file: {unused} (unused)")
     n_studies = counts["total"]["studies"]
     out_console.print(f"reports found: {info['reports_found']} of {n_studies} studies")
     for note in info["notes"]:

@@ -106,27 +106,37 @@ def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
     return f
 
 
-def study_level(study_ids: np.ndarray, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray):
-    """Mean of each study's image probabilities; a study's labels are its images' (shared) ones."""
-    studies, first, inverse = np.unique(study_ids, return_index=True, return_inverse=True)
-    sums = np.zeros((len(studies), probs.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, probs)
-    counts = np.bincount(inverse, minlength=len(studies))[:, None]
-    return sums / counts, targets[first], mask[first]
+def validation_aurocs(
+    study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels, policy: dict
+) -> dict:
+    """Study-level AUROC per label, scored as `cxr evaluate` scores it (DESIGN.md, label policy).
 
-
-def auroc_per_label(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels) -> dict:
-    """AUROC of each label over its unmasked studies; None where only one class is present."""
+    A study's probability is the mean of its images' (`metrics.aggregate_studies`); its targets are
+    `metrics.eval_targets` of its raw labels: uncertain (-1) always left out, whatever the training
+    policy made of it (its truth is unknown), blank 0 or left out per `missing`. None where a label
+    lacks one of the two classes.
+    """
+    import polars as pl
     from sklearn.metrics import roc_auc_score
 
+    from cxr.metrics import aggregate_studies, eval_targets
+
+    names = list(labels)
+    frame = pl.DataFrame({"study_id": np.asarray(study_ids, dtype=np.int64)}).hstack(
+        pl.DataFrame(np.asarray(probs, dtype=np.float64), schema=names, orient="row")
+    )
+    study_probs = aggregate_studies(frame, names).select(names).to_numpy()
+    _, first = np.unique(study_ids, return_index=True)  # sorted study ids, as aggregate_studies
+    y = eval_targets(raw[first], names, policy)  # labels are per study: any image's row will do
     out: dict[str, float | None] = {}
-    for j, name in enumerate(labels):
-        keep = mask[:, j] > 0
-        y = targets[keep, j]
-        if keep.sum() == 0 or y.min() == y.max():
-            out[name] = None
-        else:
-            out[name] = float(roc_auc_score(y, probs[keep, j]))
+    for j, name in enumerate(names):
+        keep = np.isfinite(y[:, j])
+        yj = y[keep, j]
+        out[name] = (
+            None
+            if yj.size == 0 or yj.min() == yj.max()
+            else float(roc_auc_score(yj, study_probs[keep, j]))
+        )
     return out
 
 
@@ -222,9 +232,15 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         if len(ds) == 0:
             raise CxrError(f"no usable {ds.split} images in {cfg.cache}")
     positives = (train_ds.targets * train_ds.mask).sum(0)
+    negatives = ((1 - train_ds.targets) * train_ds.mask).sum(0)
     no_pos = [name for name, p in zip(cfg.labels, positives.tolist(), strict=True) if p == 0]
+    # e.g. No Finding (only ever 1 or blank) under missing=ignore
+    no_neg = [name for name, n in zip(cfg.labels, negatives.tolist(), strict=True) if n == 0]
     if no_pos:
         _warn(d, f"no positive train images for {', '.join(no_pos)}: left out of macro AUROC")
+    if no_neg:
+        _warn(d, f"no negative train images for {', '.join(no_neg)}: left out of macro AUROC")
+    one_class = set(no_pos) | set(no_neg)
     pin = cuda  # page-locked batches copy to the GPU asynchronously
     train_loader = BatchLoader(
         train_ds,
@@ -245,7 +261,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     # -- model, loss, optimizer, schedule --------------------------------------------------------
     # A resumed run takes its weights from last.pt: no pretrained download (it may be offline).
     pretrained = None if resume else (cfg.pretrained or None)
-    model = create_model(cfg.model, len(cfg.labels), IN_CHANS, pretrained)
+    model = create_model(cfg.model, len(cfg.labels), IN_CHANS, pretrained, labels=cfg.labels)
     ckpt = None
     if resume:
         ckpt = load_checkpoint(last_path)
@@ -258,8 +274,8 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         model = model.to(memory_format=torch.channels_last)
     pos_weight = None
     if cfg.pos_weight == "auto":
-        neg = ((1 - train_ds.targets) * train_ds.mask).sum(0)
-        pos_weight = torch.where(positives > 0, neg / positives.clamp(min=1), 1.0).clamp(max=100.0)
+        pos_weight = torch.where(positives > 0, negatives / positives.clamp(min=1), 1.0)
+        pos_weight = pos_weight.clamp(max=100.0)
         pos_weight = pos_weight.to(d.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(train_loader)
@@ -269,13 +285,17 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         optimizer, lr_lambda(warmup, total_steps, cfg.min_lr_ratio)
     )
     # `fwd` runs validation (no DDP wrapper: ranks may see unequal numbers of batches there);
-    # `net` runs training steps (DDP averages gradients across ranks).
+    # `net` runs training steps (DDP averages gradients across ranks). Under DDP, compile the
+    # DDP module (not DDP around a compiled one), so that its optimizer splits the graph at the
+    # gradient buckets and communication overlaps the backward pass.
     fwd = torch.compile(model) if cfg.compile else model
     net = fwd
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            fwd, device_ids=[d.device.index] if cuda else None
+            model, device_ids=[d.device.index] if cuda else None
         )
+        if cfg.compile:
+            net = torch.compile(net)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
 
     start_epoch, best_score, best_epoch, bad_epochs = 0, float("nan"), 0, 0
@@ -310,7 +330,12 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         )
 
     def validate() -> dict:
-        """Validate-split logits from every rank -> study-level AUROC (same policy masks)."""
+        """Validate-split logits from every rank -> loss (training masks), study-level AUROC."""
+        if d.world > 1:
+            # DDP syncs BatchNorm running stats from rank 0 only at the start of each training
+            # forward; each rank then updated its own. Score rank 0's model (the one saved).
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
         fwd.eval()
         parts_pos, parts_logits = [], []
         with torch.no_grad():
@@ -332,16 +357,18 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
             logits = torch.cat([lg for _, lg in gathered])
         order = torch.argsort(pos)
         pos, logits = pos[order], logits[order]
-        targets, mask = val_ds.targets[pos], val_ds.mask[pos]
-        val_loss = float(masked_bce(logits, targets, mask))
-        probs, t, m = study_level(
+        if not torch.isfinite(logits).all():
+            _nan_stop(epoch, "validation", best_path, best_epoch, best_score)
+        # The loss under the training policy's masks; the AUROC as evaluation scores it.
+        val_loss = float(masked_bce(logits, val_ds.targets[pos], val_ds.mask[pos]))
+        aurocs = validation_aurocs(
             val_ds.study_ids[pos.numpy()],
             torch.sigmoid(logits).numpy(),
-            targets.numpy(),
-            mask.numpy(),
+            val_ds.raw_labels[pos.numpy()],
+            cfg.labels,
+            cfg.policy.to_dict(),
         )
-        aurocs = auroc_per_label(probs, t, m, cfg.labels)
-        counted = [v for k, v in aurocs.items() if v is not None and k not in no_pos]
+        counted = [v for k, v in aurocs.items() if v is not None and k not in one_class]
         macro = float(np.mean(counted)) if counted else float("nan")
         return {"val_loss": val_loss, "val_macro_auroc": macro, "val_auroc": aurocs}
 
@@ -384,7 +411,10 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
                         task, completed=step, stats=f"loss {mean_loss:.4f}  {rate:,.0f} img/s"
                     )
         if d.world > 1:
-            totals = torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64)
+            # On the training device: NCCL reduces CUDA tensors only (gloo takes the CPU's).
+            totals = torch.tensor(
+                [float(loss_sum), float(seen)], dtype=torch.float64, device=d.device
+            )
             dist.all_reduce(totals)
             train_loss, seen_all = float(totals[0] / totals[1]), int(totals[1])
         else:
@@ -471,10 +501,12 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     }
 
 
-def _nan_stop(epoch: int, step: int, best_path: Path, best_epoch: int, best: float) -> None:
+def _nan_stop(epoch: int, step, best_path: Path, best_epoch: int, best: float) -> None:
     kept = f"{best_path} (epoch {best_epoch}) left as it was" if best_epoch else "nothing saved"
+    where = step if step == "validation" else f"step {step}"
+    what = "predictions are" if step == "validation" else "loss is"
     raise CxrError(
-        f"loss is not finite at epoch {epoch}, step {step}; stopped, {kept}. "
+        f"{what} not finite at epoch {epoch}, {where}; stopped, {kept}. "
         "Lower lr, keep grad_clip on, or check the inputs"
     )
 

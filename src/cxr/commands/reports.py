@@ -112,7 +112,7 @@ def section_reports(cfg: ReportsConfig) -> dict[str, Any]:
         if res["replaced"]:
             counts["non_utf8_files"] += 1
             counts["replaced_chars"] += res["replaced"]
-        for flag in ("empty", "no_header", "crlf"):
+        for flag in ("empty", "no_header", "crlf", "glued_header", "long"):
             if res.get(flag):
                 counts[flag] += 1
         if "findings" not in sections and "impression" not in sections:
@@ -152,6 +152,8 @@ _ODDITIES = (
     "empty",
     "no_header",
     "crlf",
+    "glued_header",
+    "long",
     "no_findings_or_impression",
     "with_addendum",
     "unreadable",
@@ -172,6 +174,7 @@ def write_sectioned_csv(table, path: str | os.PathLike[str]) -> None:
 
 def _print_summary(summary: dict[str, Any], cfg: ReportsConfig) -> None:
     from cxr.progress import info
+    from cxr.reports import LONG_REPORT_CHARS
 
     n = summary["reports"]
     info(f"sectioned {n} reports -> {cfg.out}" + (f" and {cfg.csv}" if cfg.csv else ""))
@@ -184,6 +187,8 @@ def _print_summary(summary: dict[str, Any], cfg: ReportsConfig) -> None:
         f"  oddities: non-UTF-8 files {summary['non_utf8_files']} "
         f"({summary['replaced_chars']} characters replaced), empty {summary['empty']}, "
         f"no header {summary['no_header']}, CRLF {summary['crlf']}, "
+        f"header glued to its text {summary['glued_header']}, "
+        f"over {LONG_REPORT_CHARS:,} characters {summary['long']}, "
         f"in both places {summary['duplicates']}, unreadable {summary['unreadable']}"
     )
     if summary["other_headers"]:
