@@ -3,8 +3,9 @@
 Input: uint8 (B, 1, S, S) straight from the cache, already on the device. Training: one affine
 warp per image (random resized crop to the model's size + a small rotation, via affine_grid /
 grid_sample), then brightness/contrast jitter, then normalization. Evaluation: the whole image
-resized to the model's size (no crop), which is what predict does with fit_square(image_size), so
-train/eval/predict see the same field of view. Horizontal flip is off by default: it moves the heart.
+resized to the model's size (no crop). `cxr evaluate` and `cxr predict` call this same
+`eval_transform` on a square made exactly as the cache makes it (cxr.inference), so validation,
+evaluation and prediction feed the model identical pixels. Horizontal flip is off by default: it moves the heart.
 
 Random parameters come from a CPU torch.Generator, so a seed gives the same batch on any device.
 """

@@ -55,8 +55,15 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(4)
         self.classifier = nn.Linear(chans[-1] * 16, num_classes)
 
+    # timm's split, so Grad-CAM (cxr.explain) explains the feature map before the 4 x 4 pooling.
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(feats), 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        return self.forward_head(self.forward_features(x))
 
 
 def create_model(

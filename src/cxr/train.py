@@ -12,6 +12,7 @@ scheduler, RNG states, early-stopping counters), so `--resume` continues exactly
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -223,6 +224,10 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         if split not in splits:
             raise CxrError(f"{cfg.manifest}: manifest has no {split} split; training needs both")
     cache = open_cache(cfg.cache, cfg.manifest)
+    if cfg.cache_size != cache.size:
+        # Record the size actually read (an explicit cache path may differ from cache_size, or
+        # cache_size may be 0): inference rebuilds its preprocessing from it.
+        cfg = dataclasses.replace(cfg, cache_size=cache.size)
     train_ds = CxrDataset(manifest, cache, "train", cfg.labels, cfg.policy)
     val_ds = CxrDataset(manifest, cache, "validate", cfg.labels, cfg.policy)
     del manifest  # subject_id goes no further than this point
