@@ -10,7 +10,7 @@ from PIL import Image
 
 from cxr.errors import CxrError
 from cxr.images import ImageReadError, fit_square, load_fitted, load_xray
-from xray_fixtures import write_jpeg, xray_like
+from xray_fixtures import write_dicom, write_jpeg, xray_like
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -167,33 +167,6 @@ def test_png_truncated(tmp_path, picture):
 # ----------------------------------------------------------------------------- DICOM
 
 
-def _dicom(path, pixels, photometric="MONOCHROME2", bits_stored=12, **extra):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def _minmax8(a):
     a = a.astype(np.float64)
     return np.rint((a - a.min()) / (a.max() - a.min()) * 255).astype(np.uint8)
@@ -201,13 +174,13 @@ def _minmax8(a):
 
 def test_dicom_monochrome2_12bit(tmp_path, picture):
     raw = picture.astype(np.uint16) * 16  # 12-bit
-    img = load_xray(_dicom(tmp_path / "m2.dcm", raw))
+    img = load_xray(write_dicom(tmp_path / "m2.dcm", raw))
     np.testing.assert_array_equal(img, _minmax8(raw))
 
 
 def test_dicom_monochrome1_with_rescale_is_inverted(tmp_path, picture):
     raw = picture.astype(np.uint16) * 16
-    path = _dicom(
+    path = write_dicom(
         tmp_path / "m1.jpg",  # the name does not matter: content decides
         raw,
         photometric="MONOCHROME1",
@@ -218,13 +191,13 @@ def test_dicom_monochrome1_with_rescale_is_inverted(tmp_path, picture):
     expected = 255 - _minmax8(raw * 2.0 - 100)
     assert np.abs(img.astype(int) - expected).max() <= 1
     # air (dark in the picture) is dark again after inversion of the MONOCHROME1 data
-    inverted = _dicom(tmp_path / "m1b.dcm", 4095 - raw, photometric="MONOCHROME1")
+    inverted = write_dicom(tmp_path / "m1b.dcm", 4095 - raw, photometric="MONOCHROME1")
     assert np.abs(load_xray(inverted).astype(int) - _minmax8(raw)).max() <= 1
 
 
 def test_dicom_window_applied(tmp_path):
     raw = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))  # 0..4080
-    path = _dicom(
+    path = write_dicom(
         tmp_path / "w.dcm",
         raw,
         RescaleSlope="1",
@@ -242,7 +215,7 @@ def test_dicom_monochrome1_rescale_and_window_then_inverted(tmp_path):
     """Modality rescale, then the VOI window on the rescaled values, then MONOCHROME1 inversion:
     values below the window are white, above it black, and the ramp inside runs downwards."""
     raw = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (4, 1))
-    path = _dicom(
+    path = write_dicom(
         tmp_path / "m1w.dcm",
         raw,
         photometric="MONOCHROME1",
@@ -263,7 +236,7 @@ def test_dicom_monochrome1_rescale_and_window_then_inverted(tmp_path):
 def test_dicom_12bit_ignores_bits_above_bits_stored(tmp_path, picture):
     """BitsStored 12 in 16 allocated: bits 12-15 (overlays, garbage) must not reach the pixels."""
     raw = picture.astype(np.uint16) * 16
-    img = load_xray(_dicom(tmp_path / "hb.dcm", raw | 0xF000, bits_stored=12))
+    img = load_xray(write_dicom(tmp_path / "hb.dcm", raw | 0xF000, bits_stored=12))
     np.testing.assert_array_equal(img, _minmax8(raw))
 
 
@@ -273,7 +246,7 @@ def test_dicom_jpeg_baseline_compressed(tmp_path, picture):
 
     buf = io.BytesIO()
     Image.fromarray(picture).save(buf, format="JPEG", quality=95)
-    path = _dicom(tmp_path / "c.dcm", picture.astype(np.uint16), bits_stored=8)
+    path = write_dicom(tmp_path / "c.dcm", picture.astype(np.uint16), bits_stored=8)
     import pydicom
 
     ds = pydicom.dcmread(path)
@@ -290,7 +263,7 @@ def test_dicom_jpeg_baseline_compressed(tmp_path, picture):
 def test_dicom_without_pixels(tmp_path, picture):
     import pydicom
 
-    path = _dicom(tmp_path / "np.dcm", picture.astype(np.uint16))
+    path = write_dicom(tmp_path / "np.dcm", picture.astype(np.uint16))
     ds = pydicom.dcmread(path)
     del ds.PixelData
     ds.save_as(path, enforce_file_format=True)

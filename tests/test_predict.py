@@ -13,6 +13,7 @@ from PIL import Image
 from _eval_fixtures import make_checkpoint, make_data
 from cxr.cli import main
 from cxr.schema import LABELS
+from xray_fixtures import write_dicom
 
 
 def _xray(h=60, w=50, seed=0) -> np.ndarray:
@@ -22,27 +23,6 @@ def _xray(h=60, w=50, seed=0) -> np.ndarray:
     img = np.clip(img, 0, 255).astype(np.uint8)
     img[0, 0], img[-1, -1] = 0, 255  # full range, so DICOM min-max scaling is exact
     return img
-
-
-def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2") -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 @pytest.fixture(scope="module")
