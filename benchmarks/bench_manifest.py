@@ -8,7 +8,7 @@ views and splits in the real proportions), then times:
 - a plain pandas baseline (read the three CSVs, filter PA, two merges, build paths),
 - the whole `cxr manifest` process (median wall time and peak RSS via /usr/bin/time -v).
 Goals on the 2-core machine: build < 1.0 s, process < 1.5 s, peak memory < 1.5 GB.
-Needs pandas for the baseline (`pip install pandas`); not a dependency of cxr.
+Needs pandas for the baseline: `.venv/bin/pip install -e '.[bench]'` (not a dependency of cxr).
 """
 
 from __future__ import annotations
