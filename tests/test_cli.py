@@ -41,3 +41,26 @@ def test_info_prints_brackets_verbatim(capsys):
     set_quiet(False)
     info("label [Edema] auroc [0.9, 1.0]")
     assert "label [Edema] auroc [0.9, 1.0]" in capsys.readouterr().out
+
+
+def test_torch_free_commands_do_not_import_torch(tmp_path):
+    """demo, verify (--deep too), manifest and reports run without importing torch."""
+    code = (
+        "import sys; from cxr.cli import main; rc = main(sys.argv[1:]); "
+        "sys.exit(3 if 'torch' in sys.modules else rc)"
+    )
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    manifest = data / "processed" / "manifest.parquet"
+    for argv in (
+        ["demo", "--out", raw, "--n-patients", "6"],
+        ["verify", "--raw", raw],
+        ["--data-dir", data, "manifest", "--raw", raw],
+        ["verify", "--raw", raw, "--manifest", manifest, "--deep"],
+        ["--data-dir", data, "reports", "--raw", raw],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "--quiet", *map(str, argv)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, (
+            f"{argv[0]}: rc {proc.returncode} (3 = torch imported) {proc.stderr}"
+        )
