@@ -29,8 +29,8 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from cxr.images import fit_geometry, fit_square, load_xray
-from cxr.schema import LABELS
+from cxr.imaging.images import fit_geometry, fit_square, load_xray
+from cxr.mimic.schema import LABELS
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "decode"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cxr import schema
+from cxr.mimic import schema
 
 N_PATIENTS, N_STUDIES, N_IMAGES, N_LABEL_ROWS = 65_379, 227_835, 377_110, 227_827
 VIEWS = {  # ViewPosition counts of 2.0.0 (the remainder is blank, plus a few rare values)
@@ -135,8 +135,8 @@ def pandas_baseline(raw: Path) -> int:
 
 
 def cxr_build(raw: Path) -> int:
-    from cxr.manifest import ManifestConfig, build_manifest
-    from cxr.tables import load_tables
+    from cxr.mimic.manifest import ManifestConfig, build_manifest
+    from cxr.mimic.tables import load_tables
 
     result = build_manifest(load_tables(raw), ManifestConfig(raw=raw, out=raw / "unused.parquet"))
     return result.manifest.height

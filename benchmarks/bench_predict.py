@@ -1,7 +1,7 @@
 """Benchmark `cxr predict` latency and the evaluation metrics.
 
 1. Per-image latency of prediction for DenseNet-121 at 224 on the CPU, reading a 3056 x 2544 JPEG
-   (quality 95, CXR-like) each time: warm process, `cxr.predict.predict_files` called in-process
+   (quality 95, CXR-like) each time: warm process, `cxr.inference.predict.predict_files` called in-process
    repeatedly with one image, median (goal <= 150 ms/image), with the reference recipe's
    preprocessing (a 256 square, resized to 224 by eval_transform). Also the read+fit part alone.
 2. The metrics part of evaluation on 3,000 studies x 14 labels with 1,000 bootstrap resamples of
@@ -35,24 +35,19 @@ def _make_jpeg(path: Path, h: int = 3056, w: int = 2544) -> None:
 
 
 def bench_predict(repeats: int) -> None:
-    import importlib
-
     import torch
 
-    from cxr.inference import Preprocess
-    from cxr.predict import _read, predict_files
-    from cxr.schema import LABELS
-
-    create_model = importlib.import_module(
-        "cxr.models"
-    ).create_model  # the training helper's module
+    from cxr.inference.predict import _read, predict_files
+    from cxr.inference.runtime import Preprocess
+    from cxr.mimic.schema import LABELS
+    from cxr.training.models import create_model
 
     WORK.mkdir(parents=True, exist_ok=True)
     jpeg = WORK / "pa_3056x2544.jpg"
     if not jpeg.exists():
         _make_jpeg(jpeg)
     model = create_model("densenet121", num_labels=len(LABELS), in_chans=1).eval()
-    model = model.to(memory_format=torch.channels_last)  # as cxr.inference.load_model does
+    model = model.to(memory_format=torch.channels_last)  # as cxr.inference.runtime.load_model does
     # configs/densenet121-224.toml trains at 224 from the 256 cache: predict reads the file as a
     # 256 square (as the cache does) and eval_transform resizes it to 224, as validation did.
     pre = Preprocess(image_size=224, mean=0.5, std=0.25, source_size=256)
@@ -81,8 +76,8 @@ def bench_predict(repeats: int) -> None:
 
 
 def bench_metrics(n_studies: int = 3000, n_boot: int = 1000) -> None:
-    from cxr.metrics import MetricsConfig, choose_thresholds, compute_metrics
-    from cxr.schema import LABELS
+    from cxr.mimic.schema import LABELS
+    from cxr.stats.metrics import MetricsConfig, choose_thresholds, compute_metrics
 
     rng = np.random.default_rng(0)
     n_labels = len(LABELS)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from cxr.reports import parse_report
+from cxr.mimic.reports import parse_report
 
 N_REPORTS = 227_835
 WORK = Path(__file__).parent / "_work" / "reports"

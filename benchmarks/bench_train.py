@@ -25,13 +25,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from cxr.augment import train_transform
-from cxr.config import AugmentConfig
-from cxr.data import BatchLoader, CxrDataset
-from cxr.models import create_model
-from cxr.policy import LabelPolicy
-from cxr.schema import LABELS
-from cxr.train import masked_bce
+from cxr.mimic.policy import LabelPolicy
+from cxr.mimic.schema import LABELS
+from cxr.training.augment import train_transform
+from cxr.training.config import AugmentConfig
+from cxr.training.data import BatchLoader, CxrDataset
+from cxr.training.models import create_model
+from cxr.training.train import masked_bce
 
 
 def synthetic_dataset(tmp: Path, n: int, size: int) -> CxrDataset:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cxr.schema import LABELS
+from cxr.mimic.schema import LABELS
 
 SIZE = 32
 
@@ -33,7 +33,7 @@ def make_checkpoint(
 ) -> Path:
     import torch
 
-    from cxr.models import create_model
+    from cxr.training.models import create_model
 
     torch.manual_seed(0)
     model = create_model("cxr_small", num_labels=len(LABELS), in_chans=1)

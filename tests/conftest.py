@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.demo import DemoSummary, write_demo
+from cxr.mimic.demo import DemoSummary, write_demo
 
 DEMO_PATIENTS = 40
 DEMO_SEED = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cxr import schema
+from cxr.mimic import schema
 
 # (subject, study, split, [(dicom suffix, view, meaning)], labels dict or None for no chexpert row)
 STUDIES = [

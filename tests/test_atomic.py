@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from cxr.atomic import atomic_path, write_text_atomic
+from cxr.core.atomic import atomic_path, write_text_atomic
 
 
 def test_failure_leaves_nothing(tmp_path):

@@ -1,4 +1,4 @@
-"""cxr.cache and `cxr preprocess`: build, resume, refuse, shard, and survive SIGKILL."""
+"""cxr.imaging.cache and `cxr preprocess`: build, resume, refuse, shard, and survive SIGKILL."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cxr.cache import PreprocessConfig, build_cache, load_cache, rows_for, shard_rows
 from cxr.cli import main
-from cxr.errors import CxrError
-from cxr.images import load_fitted
+from cxr.core.errors import CxrError
+from cxr.imaging.cache import PreprocessConfig, build_cache, load_cache, rows_for, shard_rows
+from cxr.imaging.images import load_fitted
 from xray_fixtures import make_dataset
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

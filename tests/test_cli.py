@@ -36,7 +36,7 @@ def test_train_overrides_may_follow_options(monkeypatch):
 
 
 def test_info_prints_brackets_verbatim(capsys):
-    from cxr.progress import info, set_quiet
+    from cxr.core.progress import info, set_quiet
 
     set_quiet(False)
     info("label [Edema] auroc [0.9, 1.0]")

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.config import AugmentConfig, load_train_config, parse_override
-from cxr.data import BatchLoader, CxrDataset, open_cache, read_manifest, shard
-from cxr.errors import CxrError
-from cxr.policy import LabelPolicy
-from cxr.schema import LABELS
+from cxr.core.errors import CxrError
+from cxr.mimic.policy import LabelPolicy
+from cxr.mimic.schema import LABELS
+from cxr.training.config import AugmentConfig, load_train_config, parse_override
+from cxr.training.data import BatchLoader, CxrDataset, open_cache, read_manifest, shard
 from train_fixtures import make_fixture
 
 
@@ -77,7 +77,7 @@ def test_cache_from_another_manifest_is_refused(fixture, tmp_path):
 
 
 def test_augmentation_shapes_and_seed():
-    from cxr.augment import eval_transform, train_transform
+    from cxr.training.augment import eval_transform, train_transform
 
     x = torch.randint(0, 256, (4, 1, 40, 40), dtype=torch.uint8)
     cfg = AugmentConfig()

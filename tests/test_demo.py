@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr import schema
-from cxr.demo import LABEL_KEYWORDS, PHRASES, _geometry, _plan, write_demo
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
+from cxr.mimic import schema
+from cxr.mimic.demo import LABEL_KEYWORDS, PHRASES, _geometry, _plan, write_demo
 
 LABEL_TEXT = {"1.0", "0.0", "-1.0", ""}
 

@@ -24,9 +24,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cxr import schema
 from cxr.cli import main
-from cxr.download import (
+from cxr.core.errors import CxrError, InputError
+from cxr.mimic import schema
+from cxr.mimic.download import (
     METADATA_FILES,
     REPORTS_SUMS,
     DownloadConfig,
@@ -41,7 +42,6 @@ from cxr.download import (
     split_present,
     unsafe_reason,
 )
-from cxr.errors import CxrError, InputError
 
 USER = "alice"
 PASSWORD = "pw-Zx81-SECRET-q9"  # distinctive, so a leak is found by a plain substring search
@@ -413,7 +413,7 @@ def test_credentials_env_then_netrc_then_error(tmp_path):
 
 def test_download_modules_do_not_import_torch():
     code = (
-        "import sys, cxr.download, cxr.commands.download, requests, polars; "
+        "import sys, cxr.mimic.download, cxr.commands.download, requests, polars; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -704,7 +704,7 @@ def test_data_guide_steps_end_to_end(tmp_path, capsys):
 def test_http_debug_logs_mask_subject_folder(caplog):
     import logging
 
-    from cxr.download import _mask_http_logs
+    from cxr.mimic.download import _mask_http_logs
 
     _mask_http_logs()
     logger = logging.getLogger("urllib3.connectionpool")

@@ -13,7 +13,7 @@ import pytest
 
 from _eval_fixtures import make_checkpoint, make_data
 from cxr.cli import main
-from cxr.schema import LABELS
+from cxr.mimic.schema import LABELS
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
 
 
 def test_gallery_report_excerpt_falls_back_to_findings():
-    from cxr.evaluate import _report_excerpt
+    from cxr.evaluation.evaluate import _report_excerpt
 
     m = pl.DataFrame(
         {
@@ -213,9 +213,9 @@ def test_evaluate_and_predict_feed_the_model_what_training_validated_on(evaluate
     import torch
     from PIL import Image
 
-    from cxr.augment import eval_transform
-    from cxr.cache import load_cache, rows_for
-    from cxr.checkpoint import load_checkpoint, model_from_checkpoint
+    from cxr.imaging.cache import load_cache, rows_for
+    from cxr.training.augment import eval_transform
+    from cxr.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     fx, _ = evaluated
     ckpt_path = make_checkpoint(tmp_path / "m" / "best.pt", image_size=24, cache_size=32)

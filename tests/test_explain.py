@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cxr.explain import grad_cam, grad_cams, overlay
-from cxr.models import MODEL_NAMES, create_model
+from cxr.inference.explain import grad_cam, grad_cams, overlay
+from cxr.training.models import MODEL_NAMES, create_model
 
 
 class _LeftDetector(nn.Module):

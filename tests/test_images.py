@@ -1,4 +1,4 @@
-"""cxr.images: one reader for JPEG, PNG and DICOM, and the square fit of the cache."""
+"""cxr.imaging.images: one reader for JPEG, PNG and DICOM, and the square fit of the cache."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.errors import CxrError
-from cxr.images import ImageReadError, fit_square, load_fitted, load_xray
+from cxr.core.errors import CxrError
+from cxr.imaging.images import ImageReadError, fit_square, load_fitted, load_xray
 from xray_fixtures import write_dicom, write_jpeg, xray_like
 
 
@@ -301,7 +301,7 @@ def test_fit_square_area_average():
 
 
 def test_read_error_masks_the_patient_folder(tmp_path):
-    from cxr.images import ImageReadError, load_xray
+    from cxr.imaging.images import ImageReadError, load_xray
 
     path = tmp_path / "files" / "p10" / "p10000032" / "s50414267" / "x.jpg"
     path.parent.mkdir(parents=True)

@@ -11,11 +11,17 @@ import sys
 import polars as pl
 import pytest
 
-from cxr import schema
 from cxr.cli import main
-from cxr.errors import InputError
-from cxr.manifest import Exclusions, ManifestConfig, build_manifest, make_manifest, select_studies
-from cxr.tables import load_tables
+from cxr.core.errors import InputError
+from cxr.mimic import schema
+from cxr.mimic.manifest import (
+    Exclusions,
+    ManifestConfig,
+    build_manifest,
+    make_manifest,
+    select_studies,
+)
+from cxr.mimic.tables import load_tables
 from rawtables import dicom, make_frames, write_raw
 
 

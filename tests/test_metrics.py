@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from cxr.metrics import (
+from cxr.stats.metrics import (
     MetricsConfig,
     aggregate_studies,
     bootstrap_auroc,
@@ -140,7 +140,7 @@ def test_aggregate_studies_means_images():
 
 
 def test_bootstrap_draws_whole_studies():
-    from cxr.metrics import bootstrap_counts
+    from cxr.stats.metrics import bootstrap_counts
 
     groups = np.array([0, 0, 0, 1, 2, 2, 3])  # study codes of 7 images
     counts = bootstrap_counts(groups, 200, seed=3)

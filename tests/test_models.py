@@ -7,9 +7,14 @@ import sys
 import pytest
 import torch
 
-from cxr.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from cxr.errors import CxrError
-from cxr.models import MODEL_NAMES, create_model
+from cxr.core.errors import CxrError
+from cxr.training.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from cxr.training.models import MODEL_NAMES, create_model
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -38,8 +43,8 @@ def test_weights_file_with_rgb_first_conv(tmp_path):
 
 def test_imagenet_offline_is_a_clear_error(tmp_path):
     code = (
-        "from cxr.models import create_model\n"
-        "from cxr.errors import CxrError\n"
+        "from cxr.training.models import create_model\n"
+        "from cxr.core.errors import CxrError\n"
         "try:\n    create_model('resnet18', pretrained='imagenet')\n"
         "except CxrError as e:\n    print('CXRERROR', e)\n"
     )

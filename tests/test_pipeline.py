@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cxr import schema
+from cxr.mimic import schema
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

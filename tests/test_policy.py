@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from cxr.errors import CxrError
-from cxr.policy import MISSING_CHOICES, UNCERTAIN_CHOICES, LabelPolicy, apply_policy
-from cxr.schema import LABELS
+from cxr.core.errors import CxrError
+from cxr.mimic.policy import MISSING_CHOICES, UNCERTAIN_CHOICES, LabelPolicy, apply_policy
+from cxr.mimic.schema import LABELS
 
 NAN = float("nan")
 

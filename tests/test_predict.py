@@ -12,7 +12,7 @@ from PIL import Image
 
 from _eval_fixtures import make_checkpoint, make_data
 from cxr.cli import main
-from cxr.schema import LABELS
+from cxr.mimic.schema import LABELS
 from xray_fixtures import write_dicom
 
 

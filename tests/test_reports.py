@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cxr.cli import main
-from cxr.reports import (
+from cxr.mimic.reports import (
     SECTION_SYNONYMS,
     decode_report,
     find_report,
@@ -469,7 +469,7 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_manifest_carries_sections(tmp_path):
     """`cxr manifest` (the lead's wiring of report_columns): sections land on every image row."""
-    from cxr.manifest import ManifestConfig, make_manifest
+    from cxr.mimic.manifest import ManifestConfig, make_manifest
     from rawtables import make_frames, write_raw
 
     raw = write_raw(tmp_path / "raw", make_frames())
@@ -491,9 +491,9 @@ def test_manifest_carries_sections(tmp_path):
 
 
 def test_demo_reports_reproduce_generator(tmp_path):
-    """On the demo tree the parsed sections say what the generator wrote (runs once cxr.demo lands)."""
-    demo = pytest.importorskip("cxr.demo")
-    from cxr.reports import study_dir_reports
+    """On the demo tree the parsed sections say what the generator wrote (runs once cxr.mimic.demo lands)."""
+    demo = pytest.importorskip("cxr.mimic.demo")
+    from cxr.mimic.reports import study_dir_reports
 
     raw = tmp_path / "raw"
     summary = demo.write_demo(raw, n_patients=8, seed=0, image_size=64)

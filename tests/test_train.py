@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 import torch
 
-from cxr.checkpoint import load_checkpoint, model_from_checkpoint
 from cxr.cli import main
-from cxr.config import load_train_config
-from cxr.errors import CxrError
-from cxr.schema import LABELS
-from cxr.train import masked_bce, train, validation_aurocs
+from cxr.core.errors import CxrError
+from cxr.mimic.schema import LABELS
+from cxr.training.checkpoint import load_checkpoint, model_from_checkpoint
+from cxr.training.config import load_train_config
+from cxr.training.train import masked_bce, train, validation_aurocs
 from train_fixtures import make_fixture
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -111,7 +111,7 @@ def test_nan_loss_stops_and_keeps_best(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(tiny(data, run, "epochs=3", "stop_after_epochs=1"))
     before = (run / "best.pt").read_bytes()
-    import cxr.train as t
+    import cxr.training.train as t
 
     monkeypatch.setattr(t, "masked_bce", lambda logits, *a, **k: logits.sum() * float("nan"))
     with pytest.raises(CxrError, match=r"not finite.*left as it was"):
@@ -123,7 +123,7 @@ def test_worse_epochs_never_replace_best(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(tiny(data, run, "epochs=3", "patience=0", "stop_after_epochs=1"))
     before = (run / "best.pt").read_bytes()
-    import cxr.train as t
+    import cxr.training.train as t
 
     # every later epoch scores worse than any real one
     monkeypatch.setattr(t, "validation_aurocs", lambda *a: dict.fromkeys(LABELS, 0.01))
@@ -137,7 +137,7 @@ def test_crash_while_saving_keeps_the_old_best(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(tiny(data, run, "epochs=3", "patience=0", "stop_after_epochs=1"))
     before = sorted(p.name for p in run.iterdir()), (run / "best.pt").read_bytes()
-    import cxr.train as t
+    import cxr.training.train as t
 
     monkeypatch.setattr(t, "validation_aurocs", lambda *a: dict.fromkeys(LABELS, 0.99))  # better
 
@@ -268,9 +268,9 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
         k: v.shape for k, v in b["model"].items()
     }
     # validation gathered every rank's share: the saved model, scored alone, gives the same AUROCs
-    from cxr.augment import eval_transform
-    from cxr.data import CxrDataset, open_cache, read_manifest
-    from cxr.policy import LabelPolicy
+    from cxr.mimic.policy import LabelPolicy
+    from cxr.training.augment import eval_transform
+    from cxr.training.data import CxrDataset, open_cache, read_manifest
 
     val = CxrDataset(read_manifest(manifest), open_cache(cache), "validate", LABELS, LabelPolicy())
     batch = val.batch(np.arange(len(val)))

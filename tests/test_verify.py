@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from cxr import schema
 from cxr.cli import main
-from cxr.manifest import ManifestConfig, make_manifest
+from cxr.mimic import schema
+from cxr.mimic.manifest import ManifestConfig, make_manifest
 from rawtables import dicom, make_frames, write_raw
 
 

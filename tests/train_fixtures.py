@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cxr.schema import LABELS
+from cxr.mimic.schema import LABELS
 
 
 def _dicom_id(rng: np.random.Generator) -> str:

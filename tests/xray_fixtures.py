@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from cxr.schema import LABELS, image_relpath
+from cxr.mimic.schema import LABELS, image_relpath
 
 
 def xray_like(h: int, w: int, seed: int = 0) -> np.ndarray:

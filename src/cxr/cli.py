@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from cxr import __version__
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 # Order is the order shown in `cxr --help`: the pipeline's order.
 COMMANDS: tuple[str, ...] = (
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from cxr.progress import set_quiet
+    from cxr.core.progress import set_quiet
 
     set_quiet(args.quiet)
     try:

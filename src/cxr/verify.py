@@ -1,10 +1,10 @@
 """`cxr verify`: the data guide's step-4 check, schema checks, and (with a manifest) file checks.
 
 1. Each required CSV (as `.csv` or `.csv.gz`) and `files/`: present or missing.
-2. Schema checks on the CSVs that are present (`cxr.tables`): one line per problem naming file,
+2. Schema checks on the CSVs that are present (`cxr.mimic.tables`): one line per problem naming file,
    column and line.
 3. With a manifest: every selected image and every selected study's report exists; with `deep`,
-   every image decodes (through `cxr.images.load_xray`, the reader every command uses).
+   every image decodes (through `cxr.imaging.images.load_xray`, the reader every command uses).
 Nothing printed here contains a subject_id.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import polars as pl
 
-from cxr import schema
-from cxr.errors import InputError
-from cxr.tables import KINDS, Problem, check_all, locate_csv, read_csv_text
+from cxr.core.errors import InputError
+from cxr.mimic import schema
+from cxr.mimic.tables import KINDS, Problem, check_all, locate_csv, read_csv_text
 
 
 @dataclass
@@ -100,7 +100,7 @@ def check_manifest_files(
 
 def _decode(path: str) -> str | None:
     """None when the image decodes, else the reason (without the path, which names the patient)."""
-    from cxr.images import ImageReadError, load_xray
+    from cxr.imaging.images import ImageReadError, load_xray
 
     try:
         load_xray(path, max_side=256)
@@ -115,7 +115,7 @@ def check_decode(
     """Decode every image. At reduced scale the entropy decoding, where corruption shows, is whole."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from cxr.progress import track
+    from cxr.core.progress import track
 
     images = list(images)
     failures: list[tuple[str, str]] = []
@@ -145,7 +145,7 @@ def verify(raw: Path, manifest_path: Path | None = None, deep: bool = False) -> 
     found = check_presence(raw, report)
     check_tables(found, report)
     if manifest_path is not None:
-        from cxr.manifest import read_manifest
+        from cxr.mimic.manifest import read_manifest
 
         manifest = read_manifest(manifest_path)
         existing = check_manifest_files(raw, manifest, report)

@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.demo import write_demo
-    from cxr.paths import DataPaths, data_root
-    from cxr.progress import bars_enabled, info
+    from cxr.core.paths import DataPaths, data_root
+    from cxr.core.progress import bars_enabled, info
+    from cxr.mimic.demo import write_demo
 
     out = Path(args.out) if args.out else DataPaths(data_root(args.data_dir)).raw
     cfg = DemoConfig(out, args.n_patients, args.seed, args.image_size)

@@ -9,7 +9,7 @@ HELP = "download from PhysioNet: the metadata CSVs, then only the manifest's ima
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from cxr.download import JPG_BASE_URL
+    from cxr.mimic.download import JPG_BASE_URL
 
     p.add_argument(
         "--dest", type=Path, default=None, help="raw root to fill (default: <data root>/raw)"
@@ -32,7 +32,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cxr.download import REPORTS_BASE_URL
+    from cxr.mimic.download import REPORTS_BASE_URL
 
     sub = parser.add_subparsers(dest="download_command", metavar="WHAT", required=True)
     meta = sub.add_parser(
@@ -68,15 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.download import (
+    from cxr.core.errors import CxrError
+    from cxr.core.paths import DataPaths, data_root
+    from cxr.core.progress import err_console, info
+    from cxr.mimic.download import (
         DownloadConfig,
         download_metadata,
         download_subset,
         format_summary,
     )
-    from cxr.errors import CxrError
-    from cxr.paths import DataPaths, data_root
-    from cxr.progress import err_console, info
 
     paths = DataPaths(data_root(args.data_dir))
     if args.retries < 0 or args.timeout <= 0:

@@ -35,10 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from cxr.errors import CxrError
-    from cxr.evaluate import TABLE_HEADER, EvaluateConfig, evaluate, metric_rows, policy_text
-    from cxr.paths import data_root
-    from cxr.progress import console, is_quiet
+    from cxr.core.errors import CxrError
+    from cxr.core.paths import data_root
+    from cxr.core.progress import console, is_quiet
+    from cxr.evaluation.evaluate import (
+        TABLE_HEADER,
+        EvaluateConfig,
+        evaluate,
+        metric_rows,
+        policy_text,
+    )
 
     if args.bootstrap < 0 or args.batch_size < 1:
         raise CxrError("--bootstrap must be >= 0 and --batch-size >= 1")

@@ -35,10 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.errors import CxrError
-    from cxr.manifest import ManifestConfig, make_manifest
-    from cxr.paths import DataPaths, data_root
-    from cxr.summary import print_manifest_summary
+    from cxr.core.errors import CxrError
+    from cxr.core.paths import DataPaths, data_root
+    from cxr.mimic.manifest import ManifestConfig, make_manifest
+    from cxr.mimic.summary import print_manifest_summary
 
     paths = DataPaths(data_root(args.data_dir))
     views = tuple(v.strip() for arg in args.views for v in arg.split(",") if v.strip())

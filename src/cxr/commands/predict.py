@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.errors import CxrError
-    from cxr.predict import PredictConfig, predict
-    from cxr.progress import info
+    from cxr.core.errors import CxrError
+    from cxr.core.progress import info
+    from cxr.inference.predict import PredictConfig, predict
 
     if args.top_k < 1 or args.batch_size < 1:
         raise CxrError("--top-k and --batch-size must be >= 1")

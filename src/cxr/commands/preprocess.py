@@ -42,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.cache import PreprocessConfig, build_cache, parse_shard
-    from cxr.paths import DataPaths, data_root
-    from cxr.progress import info
+    from cxr.core.paths import DataPaths, data_root
+    from cxr.core.progress import info
+    from cxr.imaging.cache import PreprocessConfig, build_cache, parse_shard
 
     paths = DataPaths(data_root(args.data_dir))
     config = PreprocessConfig(

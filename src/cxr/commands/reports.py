@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.paths import DataPaths, data_root
+    from cxr.core.paths import DataPaths, data_root
 
     root = DataPaths(data_root(args.data_dir))
     cfg = ReportsConfig(
@@ -65,11 +65,11 @@ def section_reports(cfg: ReportsConfig) -> dict[str, Any]:
     """Section every report under `cfg.raw/files`, write the table(s); return the summary counts."""
     import polars as pl
 
-    from cxr.atomic import atomic_path
-    from cxr.errors import InputError
-    from cxr.progress import make_progress
-    from cxr.reports import SECTIONS, labeler_text, section_files, study_dir_reports
-    from cxr.schema import FILES_DIR
+    from cxr.core.atomic import atomic_path
+    from cxr.core.errors import InputError
+    from cxr.core.progress import make_progress
+    from cxr.mimic.reports import SECTIONS, labeler_text, section_files, study_dir_reports
+    from cxr.mimic.schema import FILES_DIR
 
     if cfg.workers is not None and cfg.workers < 1:
         raise InputError(f"--workers must be at least 1, got {cfg.workers}")
@@ -162,7 +162,7 @@ _ODDITIES = (
 
 def write_sectioned_csv(table, path: str | os.PathLike[str]) -> None:
     """The official `mimic_cxr_sectioned.csv` layout: `study` is `s<study_id>`, missing is ``."""
-    from cxr.atomic import atomic_path
+    from cxr.core.atomic import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -173,8 +173,8 @@ def write_sectioned_csv(table, path: str | os.PathLike[str]) -> None:
 
 
 def _print_summary(summary: dict[str, Any], cfg: ReportsConfig) -> None:
-    from cxr.progress import info
-    from cxr.reports import LONG_REPORT_CHARS
+    from cxr.core.progress import info
+    from cxr.mimic.reports import LONG_REPORT_CHARS
 
     n = summary["reports"]
     info(f"sectioned {n} reports -> {cfg.out}" + (f" and {cfg.csv}" if cfg.csv else ""))

@@ -27,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.config import load_train_config, read_toml
-    from cxr.paths import DataPaths, data_root
-    from cxr.progress import info
+    from cxr.core.paths import DataPaths, data_root
+    from cxr.core.progress import info
+    from cxr.training.config import load_train_config, read_toml
 
     overrides = list(args.overrides)
     if args.out:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         cache=cfg.cache or str(paths.cache(cache_size)),
     )
 
-    from cxr.train import train
+    from cxr.training.train import train
 
     summary = train(cfg, resume=args.resume)
     if summary.get("rank", 0) == 0:

@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.paths import DataPaths, data_root
-    from cxr.progress import console, err_console, is_quiet
+    from cxr.core.paths import DataPaths, data_root
+    from cxr.core.progress import console, err_console, is_quiet
     from cxr.verify import verify
 
     paths = DataPaths(data_root(args.data_dir))

@@ -37,9 +37,9 @@ import numpy as np
 import polars as pl
 
 from cxr import __version__
-from cxr.atomic import atomic_path, write_text_atomic
-from cxr.errors import CxrError, InputError
-from cxr.hashing import file_sha256
+from cxr.core.atomic import atomic_path, write_text_atomic
+from cxr.core.errors import CxrError, InputError
+from cxr.core.hashing import file_sha256
 
 IMAGES = "images.npy"
 INDEX = "index.parquet"
@@ -145,7 +145,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def read_manifest_images(manifest: Path, raw: Path | None) -> tuple[pl.DataFrame, Path, str]:
     """(dicom_id, image_path) in manifest order, the raw root, and the manifest's sha256."""
-    from cxr.manifest import read_manifest, read_manifest_info
+    from cxr.mimic.manifest import read_manifest, read_manifest_info
 
     df = read_manifest(manifest)  # one-line errors for a missing or malformed manifest
     df = df.select(pl.col("dicom_id").cast(pl.String), pl.col("image_path").cast(pl.String))
@@ -317,7 +317,7 @@ def _init_worker(images_path: str, size: int) -> None:
 
 
 def _process_chunk(task: list[tuple[int, str]]) -> tuple[list[int], list[str | None]]:
-    from cxr.images import ImageReadError, load_fitted
+    from cxr.imaging.images import ImageReadError, load_fitted
 
     images, size = _worker["images"], _worker["size"]
     rows, errors = [], []
@@ -355,7 +355,7 @@ class _Journal:
 
 def build_cache(config: PreprocessConfig) -> BuildResult:
     """Fill the cache for `config.manifest` (the rows of `config.shard` only, if given)."""
-    from cxr.images import METHOD
+    from cxr.imaging.images import METHOD
 
     t0 = time.perf_counter()
     if config.force and config.shard is not None:
@@ -417,7 +417,7 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
 def _run_tasks(d, tasks, config, workers, total, dicom_ids) -> tuple[int, list[tuple[str, str]]]:
     from rich.progress import TextColumn
 
-    from cxr.progress import make_progress
+    from cxr.core.progress import make_progress
 
     workers = min(workers, len(tasks))
     journal = _Journal(d, config.shard)

@@ -84,9 +84,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr import schema
-from cxr.atomic import write_bytes_atomic, write_text_atomic
-from cxr.errors import CxrError
+from cxr.core.atomic import write_bytes_atomic, write_text_atomic
+from cxr.core.errors import CxrError
+from cxr.mimic import schema
 
 DEFAULT_PATIENTS = 120
 DEFAULT_IMAGE_SIZE = 256  # longer side of the written JPEGs
@@ -855,7 +855,7 @@ def write_demo(
     _prepare_out_dir(out)
     studies = _plan(seed, n_patients)
 
-    from cxr.progress import make_progress
+    from cxr.core.progress import make_progress
 
     sums: dict[str, str] = {}
     reports: dict[int, dict[str, str]] = {}

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from cxr.errors import CxrError
-from cxr.privacy import mask_subject
+from cxr.core.errors import CxrError
+from cxr.core.privacy import mask_subject
 
 # A truncated file is an error, never a half-grey image in the cache: keep Pillow strict.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

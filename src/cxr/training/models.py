@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 # cxr name -> timm name. cxr_small is ours: a few conv layers, for the CPU demo and tests.
 TIMM_MODELS = {
@@ -55,7 +55,7 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(4)
         self.classifier = nn.Linear(chans[-1] * 16, num_classes)
 
-    # timm's split, so Grad-CAM (cxr.explain) explains the feature map before the 4 x 4 pooling.
+    # timm's split, so Grad-CAM (cxr.inference.explain) explains the feature map before the 4 x 4 pooling.
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 

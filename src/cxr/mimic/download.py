@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from cxr import schema
-from cxr.errors import CxrError, InputError
-from cxr.hashing import file_sha256
-from cxr.privacy import mask_subject
+from cxr.core.errors import CxrError, InputError
+from cxr.core.hashing import file_sha256
+from cxr.core.privacy import mask_subject
+from cxr.mimic import schema
 
 JPG_BASE_URL = f"https://physionet.org/files/mimic-cxr-jpg/{schema.VERSION}/"
 REPORTS_BASE_URL = f"https://physionet.org/files/mimic-cxr/{schema.VERSION}/"
@@ -587,7 +587,7 @@ def _run_items(fetcher: Fetcher, items: list[Item], dest: Path, summary: Summary
         TransferSpeedColumn,
     )
 
-    from cxr.progress import bars_enabled
+    from cxr.core.progress import bars_enabled
 
     workers = max(1, min(fetcher.cfg.workers, len(items) or 1))
     total_files = len(items)
@@ -666,8 +666,8 @@ def download_metadata(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Su
 
 
 def read_manifest_paths(path: Path) -> tuple[list[str], list[str]]:
-    """(image relpaths, report relpaths) of a manifest (read and checked by cxr.manifest)."""
-    from cxr.manifest import read_manifest
+    """(image relpaths, report relpaths) of a manifest (read and checked by cxr.mimic.manifest)."""
+    from cxr.mimic.manifest import read_manifest
 
     df = read_manifest(path)
     images = [p for p in df["image_path"].to_list() if p is not None]

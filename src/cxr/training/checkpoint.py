@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from cxr import __version__
-from cxr.atomic import atomic_path
-from cxr.errors import CxrError
+from cxr.core.atomic import atomic_path
+from cxr.core.errors import CxrError
 
 REQUIRED_KEYS = ("model", "arch", "labels", "image_size", "normalization", "in_chans")
 
@@ -79,7 +79,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the model of a checkpoint, weights loaded, in eval mode."""
-    from cxr.models import create_model
+    from cxr.training.models import create_model
 
     model = create_model(ckpt["arch"], num_labels=len(ckpt["labels"]), in_chans=ckpt["in_chans"])
     try:

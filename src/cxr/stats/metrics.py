@@ -48,9 +48,9 @@ def eval_targets(
 
     Uncertain (-1) is always excluded from evaluation (NaN), whatever the training policy did with
     it: its truth is unknown. Blank is 0 under `missing=zeros` and excluded under `missing=ignore`,
-    per label as `cxr.policy.LabelPolicy` resolves its overrides.
+    per label as `cxr.mimic.policy.LabelPolicy` resolves its overrides.
     """
-    from cxr.policy import LabelPolicy
+    from cxr.mimic.policy import LabelPolicy
 
     rules = LabelPolicy.from_dict(policy or {})
     raw = np.asarray(raw, dtype=np.float64)

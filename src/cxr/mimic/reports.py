@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr.schema import report_relpaths
+from cxr.mimic.schema import report_relpaths
 
 # Normalized sections in the order they usually appear; also the column order of `cxr reports`.
 SECTIONS: tuple[str, ...] = (

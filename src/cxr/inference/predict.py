@@ -1,9 +1,9 @@
 """`cxr predict`: a checkpoint on any X-ray files (JPEG, PNG, DICOM) -> one row of probabilities each.
 
-Files are read with `cxr.images.load_xray` (JPEG decoded at reduced scale when the model's input is
+Files are read with `cxr.imaging.images.load_xray` (JPEG decoded at reduced scale when the model's input is
 smaller, 16-bit PNG scaled, RGBA flattened to luminance, DICOM windowed and MONOCHROME1 inverted)
 and fit to a square exactly as the image cache stores them, then preprocessed as training's
-validation did, from the checkpoint alone (`cxr.inference.Preprocess`): a file gets the same
+validation did, from the checkpoint alone (`cxr.inference.runtime.Preprocess`): a file gets the same
 probabilities from `cxr predict` as its cached image gets from `cxr evaluate`. Directories are walked
 recursively for `.jpg .jpeg .png .dcm .dicom` files and extension-less files that are DICOM by their
 magic (`DICM` at byte 128). Unreadable files are reported and skipped.
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cxr.errors import CxrError
-from cxr.privacy import mask_subject
+from cxr.core.errors import CxrError
+from cxr.core.privacy import mask_subject
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 
@@ -77,7 +77,7 @@ def collect_files(inputs: Sequence[Path]) -> list[Path]:
 
 
 def _read(paths: Sequence[Path], pre) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
-    from cxr.images import ImageReadError
+    from cxr.imaging.images import ImageReadError
 
     for path in paths:
         try:
@@ -97,7 +97,7 @@ def predict_files(
     device: str = "cpu",
 ) -> tuple[PredictResult, list[np.ndarray]]:
     """Probabilities for every readable file (in order), failures, and the squares the model saw."""
-    from cxr.inference import predict_squares
+    from cxr.inference.runtime import predict_squares
 
     result = PredictResult(labels=list(labels))
     squares: list[np.ndarray] = []
@@ -136,8 +136,8 @@ def write_cams(
     """One overlay PNG per image and top-k label: `<file stem>__<Label>.png` (deduplicated)."""
     from PIL import Image
 
-    from cxr.atomic import atomic_path
-    from cxr.explain import grad_cams, overlay
+    from cxr.core.atomic import atomic_path
+    from cxr.inference.explain import grad_cams, overlay
 
     written: list[Path] = []
     used: set[str] = set()
@@ -185,8 +185,8 @@ def predict(cfg: PredictConfig) -> tuple[PredictResult, str]:
 
     With `out`, the table is written to `<out>/predictions.<format>` and overlays to `<out>/cam/`.
     """
-    from cxr.atomic import write_text_atomic
-    from cxr.inference import load_model
+    from cxr.core.atomic import write_text_atomic
+    from cxr.inference.runtime import load_model
 
     if cfg.format not in ("csv", "json"):
         raise CxrError(f"--format must be csv or json, got {cfg.format!r}")

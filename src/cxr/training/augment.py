@@ -4,7 +4,7 @@ Input: uint8 (B, 1, S, S) straight from the cache, already on the device. Traini
 warp per image (random resized crop to the model's size + a small rotation, via affine_grid /
 grid_sample), then brightness/contrast jitter, then normalization. Evaluation: the whole image
 resized to the model's size (no crop). `cxr evaluate` and `cxr predict` call this same
-`eval_transform` on a square made exactly as the cache makes it (cxr.inference), so validation,
+`eval_transform` on a square made exactly as the cache makes it (cxr.inference.runtime), so validation,
 evaluation and prediction feed the model identical pixels. Horizontal flip is off by default: it moves the heart.
 
 Random parameters come from a CPU torch.Generator, so a seed gives the same batch on any device.
@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cxr.config import AugmentConfig
+from cxr.training.config import AugmentConfig
 
 
 def normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:

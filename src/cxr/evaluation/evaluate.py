@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cxr.errors import CxrError, InputError
-from cxr.metrics import (
+from cxr.core.errors import CxrError, InputError
+from cxr.stats.metrics import (
     THRESHOLD_RULE,
     MetricsConfig,
     aggregate_studies,
@@ -66,7 +66,7 @@ class EvaluateConfig:
 
 
 def _read_manifest(path: Path):
-    from cxr.manifest import read_manifest
+    from cxr.mimic.manifest import read_manifest
 
     return read_manifest(path)
 
@@ -74,8 +74,8 @@ def _read_manifest(path: Path):
 def _find_cache(cfg: EvaluateConfig, size: int):
     """The image cache to read: --cache, else cache-<size> (the one training read), else the only
     cache present (its squares are then refit to `size`)."""
-    from cxr.cache import load_cache
-    from cxr.paths import DataPaths
+    from cxr.core.paths import DataPaths
+    from cxr.imaging.cache import load_cache
 
     if cfg.cache is not None:
         return load_cache(cfg.cache)
@@ -104,9 +104,9 @@ def _split_rows(manifest, split: str, labels: list[str]):
 
 def _predict_split(model, pre, cache, rows, cfg: EvaluateConfig, description: str) -> np.ndarray:
     """Probabilities (n, L) for the manifest rows, in their order, from the cache."""
-    from cxr.cache import rows_for
-    from cxr.inference import predict_squares
-    from cxr.progress import make_progress
+    from cxr.core.progress import make_progress
+    from cxr.imaging.cache import rows_for
+    from cxr.inference.runtime import predict_squares
 
     idx = rows_for(cache, rows["dicom_id"].to_list())
     n = len(idx)
@@ -170,8 +170,8 @@ def _level_view(rows, probs: np.ndarray, labels: list[str], level: str):
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run the evaluation and write every output; returns the metrics dict (as in metrics.json)."""
-    from cxr.inference import load_model
-    from cxr.paths import DataPaths
+    from cxr.core.paths import DataPaths
+    from cxr.inference.runtime import load_model
 
     if cfg.level not in ("study", "image"):
         raise CxrError(f"--level must be study or image, got {cfg.level!r}")
@@ -253,7 +253,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 def _write_outputs(out: Path, cfg, ckpt, metrics, labels, rows, probs, pred, y, p) -> None:
     import polars as pl
 
-    from cxr.atomic import atomic_path, write_text_atomic
+    from cxr.core.atomic import atomic_path, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
@@ -289,7 +289,7 @@ def _write_figures(
     import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    from cxr.atomic import write_bytes_atomic
+    from cxr.core.atomic import write_bytes_atomic
 
     ncols = 5
     nrows = max(1, -(-len(labels) // ncols))
@@ -359,8 +359,8 @@ def _gallery(model, pre, cache, manifest, rows, pred, y, p, labels, thresholds, 
     label and the report's impression. At study level the study's first image is shown."""
     import polars as pl
 
-    from cxr.cache import rows_for
-    from cxr.explain import grad_cam, overlay
+    from cxr.imaging.cache import rows_for
+    from cxr.inference.explain import grad_cam, overlay
 
     fps, fns = [], []
     for j, label in enumerate(labels):
@@ -530,7 +530,7 @@ def policy_text(policy: dict) -> str:
 def _write_html(
     path: Path, metrics: dict, ckpt: dict, figures: dict[str, bytes], gallery: list[dict]
 ) -> None:
-    from cxr.atomic import write_text_atomic
+    from cxr.core.atomic import write_text_atomic
 
     def img(data: bytes, alt: str) -> str:
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
-from cxr import schema
-from cxr.errors import InputError
+from cxr.core.errors import InputError
+from cxr.mimic import schema
 
 LINE = "_line"  # 1-based line number in the file (the header is line 1)
 

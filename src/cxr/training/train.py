@@ -28,19 +28,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cxr.atomic import write_text_atomic
-from cxr.augment import eval_transform, train_transform
-from cxr.checkpoint import (
+from cxr.core.atomic import write_text_atomic
+from cxr.core.errors import CxrError
+from cxr.core.progress import err_console, info, make_progress
+from cxr.training.augment import eval_transform, train_transform
+from cxr.training.checkpoint import (
     check_compatible,
     load_checkpoint,
     make_checkpoint,
     save_checkpoint,
 )
-from cxr.config import TrainConfig, config_to_dict, config_to_toml
-from cxr.data import BatchLoader, CxrDataset, open_cache, read_manifest
-from cxr.errors import CxrError
-from cxr.models import MODEL_NAMES, create_model
-from cxr.progress import err_console, info, make_progress
+from cxr.training.config import TrainConfig, config_to_dict, config_to_toml
+from cxr.training.data import BatchLoader, CxrDataset, open_cache, read_manifest
+from cxr.training.models import MODEL_NAMES, create_model
 
 IN_CHANS = 1
 
@@ -120,7 +120,7 @@ def validation_aurocs(
     import polars as pl
     from sklearn.metrics import roc_auc_score
 
-    from cxr.metrics import aggregate_studies, eval_targets
+    from cxr.stats.metrics import aggregate_studies, eval_targets
 
     names = list(labels)
     frame = pl.DataFrame({"study_id": np.asarray(study_ids, dtype=np.int64)}).hstack(

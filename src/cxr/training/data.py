@@ -4,7 +4,7 @@ The cache is one uint8 (N, S, S) memory-mapped array, so a batch is a single num
 gather (rows sorted, so reads go forward through the file) instead of B `__getitem__` calls and a
 collate. `BatchLoader` does that per batch, shards batches across DDP ranks like DistributedSampler,
 and can gather the next batches in a background thread while the GPU works. Augmentation runs
-afterwards on whole batches on the device (cxr.augment).
+afterwards on whole batches on the device (cxr.training.augment).
 
 Samples carry `dicom_id` and `study_id`, never `subject_id`.
 """
@@ -21,17 +21,17 @@ import numpy as np
 import polars as pl
 import torch
 
-from cxr.cache import load_cache
-from cxr.errors import CxrError
-from cxr.hashing import file_sha256
-from cxr.manifest import read_manifest
-from cxr.policy import LabelPolicy, apply_policy
+from cxr.core.errors import CxrError
+from cxr.core.hashing import file_sha256
+from cxr.imaging.cache import load_cache
+from cxr.mimic.manifest import read_manifest
+from cxr.mimic.policy import LabelPolicy, apply_policy
 
 __all__ = ["BatchLoader", "CxrDataset", "open_cache", "read_manifest", "shard"]
 
 
 def open_cache(cache_dir: str | Path, manifest_path: str | Path | None = None):
-    """Load the image cache (cxr.cache.load_cache) and check it was built from this manifest."""
+    """Load the image cache (cxr.imaging.cache.load_cache) and check it was built from this manifest."""
     cache_dir = Path(cache_dir)
     cache = load_cache(cache_dir)
     if manifest_path is not None:

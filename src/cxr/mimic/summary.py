@@ -6,8 +6,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from cxr import schema
-from cxr.progress import console, is_quiet
+from cxr.core.progress import console, is_quiet
+from cxr.mimic import schema
 
 
 def print_manifest_summary(info: dict, out: Path) -> None:

@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.errors import CxrError
-from cxr.policy import LabelPolicy
-from cxr.schema import LABELS
+from cxr.core.errors import CxrError
+from cxr.mimic.policy import LabelPolicy
+from cxr.mimic.schema import LABELS
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Batch augmentation on the device (see cxr.augment). Flip is off: it moves the heart."""
+    """Batch augmentation on the device (see cxr.training.augment). Flip is off: it moves the heart."""
 
     scale_min: float = 0.7  # random resized crop: fraction of the image area kept
     ratio_max: float = 1.25  # aspect ratio in [1/ratio_max, ratio_max]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 UNCERTAIN_CHOICES = ("ignore", "zeros", "ones")
 MISSING_CHOICES = ("zeros", "ignore")

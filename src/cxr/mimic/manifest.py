@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cxr import __version__, schema
-from cxr.atomic import atomic_path, write_text_atomic
-from cxr.errors import InputError
-from cxr.hashing import file_sha256
-from cxr.tables import RawTables, load_tables
+from cxr import __version__
+from cxr.core.atomic import atomic_path, write_text_atomic
+from cxr.core.errors import InputError
+from cxr.core.hashing import file_sha256
+from cxr.mimic import schema
+from cxr.mimic.tables import RawTables, load_tables
 
 MANIFEST_JSON = "manifest.json"
 BASE_COLUMNS = (
@@ -226,7 +227,7 @@ def add_paths(df: pl.DataFrame) -> pl.DataFrame:
 
 def attach_reports(df: pl.DataFrame, raw: Path, require: bool, excl: Exclusions) -> pl.DataFrame:
     """report_path and the main sections, when reports have been downloaded (null otherwise)."""
-    from cxr.reports import report_columns
+    from cxr.mimic.reports import report_columns
 
     studies = df.select("subject_id", "study_id").unique().sort("study_id")
     cols = report_columns(raw, studies)

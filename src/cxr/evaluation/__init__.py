@@ -1,0 +1,1 @@
+"""Scoring a model on the manifest's splits and writing the report."""

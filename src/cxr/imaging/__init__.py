@@ -1,0 +1,1 @@
+"""Decoding X-ray files and the image cache built from the manifest."""

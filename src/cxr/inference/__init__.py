@@ -1,0 +1,1 @@
+"""Inference from a checkpoint alone: preprocessing, batched prediction, files, Grad-CAM."""

@@ -1,0 +1,2 @@
+"""MIMIC-CXR-JPG itself: schemas, CSV tables, the manifest, reports, label policy, the synthetic demo
+and the PhysioNet download. Never imports torch."""

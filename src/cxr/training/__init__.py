@@ -1,0 +1,1 @@
+"""Training: configuration, models, the cached-image loader, augmentation, checkpoints, the loop."""
