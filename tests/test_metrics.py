@@ -110,17 +110,15 @@ def test_threshold_is_youden_on_validate_and_transfers():
     assert th2["A"]["threshold"] == 0.5 and "no positive" in th2["A"]["source"]
 
 
-def test_eval_targets_policy_masks():
-    raw = np.array([[1, 0, -1, np.nan]] * 1, dtype=np.float32).T.repeat(2, axis=1)
-    y = eval_targets(raw, ["A", "B"], {"uncertain": "ones", "missing": "zeros"})
+def test_eval_targets_do_not_depend_on_a_training_policy():
+    raw = np.array([[1, 0, -1, np.nan], [np.nan, -1, 0, 1]], dtype=np.float32).T
+    y = eval_targets(raw)  # blank negative, uncertain excluded
     np.testing.assert_array_equal(y[:, 0], [1, 0, np.nan, 0])
-    y = eval_targets(
-        raw,
-        ["A", "B"],
-        {"uncertain": "zeros", "missing": "zeros", "overrides": {"B": {"missing": "ignore"}}},
-    )
-    np.testing.assert_array_equal(y[:, 0], [1, 0, np.nan, 0])
-    np.testing.assert_array_equal(y[:, 1], [1, 0, np.nan, np.nan])
+    np.testing.assert_array_equal(y[:, 1], [0, np.nan, 0, 1])
+    y = eval_targets(raw, uncertain="negative")
+    np.testing.assert_array_equal(y, [[1, 0], [0, 0], [0, 0], [0, 1]])
+    with pytest.raises(ValueError, match="uncertain"):
+        eval_targets(raw, uncertain="ones")
 
 
 def test_aggregate_studies_means_images():

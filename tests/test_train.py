@@ -153,18 +153,16 @@ def test_crash_while_saving_keeps_the_old_best(data, tmp_path, monkeypatch):
     assert load_checkpoint(run / "last.pt")["epoch"] == 1  # and it resumes from there
 
 
-def test_validation_aurocs_study_mean_and_uncertain_left_out():
+def test_validation_aurocs_study_mean_uncertain_left_out_blank_negative():
     # study 1 has two images (0.9, 0.1 -> 0.5); study 3 is uncertain; study 5 blank
     study_ids = np.array([1, 1, 2, 3, 4, 5])
     probs = np.array([[0.9, 0.3], [0.1, 0.3], [0.6, 0.3], [0.99, 0.3], [0.2, 0.3], [0.4, 0.3]])
     nan = np.nan
     raw = np.array([[1, 0], [1, 0], [0, 0], [-1, 0], [0, 0], [nan, 0]], dtype=np.float32)
     labels = ["Edema", "Fracture"]
-    # Uncertain is left out of the score even when training took it as positive (U-Ones).
-    ones = validation_aurocs(study_ids, probs, raw, labels, {"uncertain": "ones"})
-    assert ones == {"Edema": pytest.approx(2 / 3), "Fracture": None}  # 0.5 vs 0.6, 0.2, 0.4
-    ignore_blank = {"uncertain": "zeros", "overrides": {"Edema": {"missing": "ignore"}}}
-    assert validation_aurocs(study_ids, probs, raw, labels, ignore_blank)["Edema"] == 0.5
+    # Uncertain is left out and blank is negative, whatever the training policy did with them.
+    aurocs = validation_aurocs(study_ids, probs, raw, labels)
+    assert aurocs == {"Edema": pytest.approx(2 / 3), "Fracture": None}  # 0.5 vs 0.6, 0.2, 0.4
 
 
 def test_resume_into_another_model_or_label_set(data, tmp_path):
@@ -278,7 +276,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
         logits = model_from_checkpoint(a)(eval_transform(batch.img, 32, 0.5, 0.29))
     pos = batch.positions.numpy()
     mine = validation_aurocs(
-        val.study_ids[pos], torch.sigmoid(logits).numpy(), val.raw_labels[pos], LABELS, {}
+        val.study_ids[pos], torch.sigmoid(logits).numpy(), val.raw_labels[pos], LABELS
     )
     assert mine == pytest.approx(rows[-1]["val_auroc"], abs=1e-6)
     loss = masked_bce(logits, val.targets[batch.positions], val.mask[batch.positions])

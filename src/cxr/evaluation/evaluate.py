@@ -193,11 +193,11 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     val_rows, _, val_probs = results["validate"]
     val_pred, val_raw, _ = _level_view(val_rows, val_probs, labels, cfg.level)
     thresholds = choose_thresholds(
-        eval_targets(val_raw, labels, policy), val_pred.select(labels).to_numpy(), labels
+        eval_targets(val_raw), val_pred.select(labels).to_numpy(), labels
     )
     rows, excluded, probs = results[cfg.split]
     pred, raw, groups = _level_view(rows, probs, labels, cfg.level)
-    y = eval_targets(raw, labels, policy)
+    y = eval_targets(raw)
     p = pred.select(labels).to_numpy().astype(np.float64)
     table = compute_metrics(
         y, p, labels, thresholds, groups, MetricsConfig(n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)

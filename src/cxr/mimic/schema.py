@@ -36,6 +36,12 @@ METADATA_CSV = f"mimic-cxr-{VERSION}-metadata.csv"
 NEGBIO_CSV = f"mimic-cxr-{VERSION}-negbio.csv"
 REQUIRED_CSVS = (CHEXPERT_CSV, SPLIT_CSV, METADATA_CSV)
 FILES_DIR = "files"
+# MIMIC-CXR-JPG 2.1.0 adds 687 official test studies labelled by radiologists (not by the CheXpert
+# labeler): plain CSV at the raw root, `study_id` (no subject_id) and the labels, Lung Opacity
+# named "Airspace Opacity"; values 1, 0, -1 or blank like the chexpert file.
+RADIOLOGIST_VERSION = "2.1.0"
+RADIOLOGIST_CSV = f"mimic-cxr-{RADIOLOGIST_VERSION}-test-set-labeled.csv"
+RADIOLOGIST_ALIASES: dict[str, str] = {"Airspace Opacity": "Lung Opacity"}
 SHA256SUMS = "SHA256SUMS.txt"
 
 CHEXPERT_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *LABELS)

@@ -38,29 +38,24 @@ class MetricsConfig:
     ece_bins: int = 15
 
 
-# --------------------------------------------------------------------------- label policy masks
+# --------------------------------------------------------------------------- evaluation targets
+
+UNCERTAIN_RULES = ("exclude", "negative")
 
 
-def eval_targets(
-    raw: np.ndarray, labels: Sequence[str], policy: Mapping[str, Any] | None
-) -> np.ndarray:
-    """Evaluation targets from raw CheXpert values (1, 0, -1, NaN) under a run's label policy.
+def eval_targets(raw: np.ndarray, uncertain: str = "exclude") -> np.ndarray:
+    """Evaluation targets from raw CheXpert values (1, 0, -1, NaN), the same for every run.
 
-    Uncertain (-1) is always excluded from evaluation (NaN), whatever the training policy did with
-    it: its truth is unknown. Blank is 0 under `missing=zeros` and excluded under `missing=ignore`,
-    per label as `cxr.mimic.policy.LabelPolicy` resolves its overrides.
+    The evaluation protocol is independent of how a model was trained: blank (not mentioned) is
+    negative, the field's convention; uncertain (-1) is excluded (NaN) by default, or negative with
+    `uncertain="negative"` (what CheXclusion and most MIMIC-CXR baselines report). A training label
+    policy therefore never changes which rows are scored.
     """
-    from cxr.mimic.policy import LabelPolicy
-
-    rules = LabelPolicy.from_dict(policy or {})
-    raw = np.asarray(raw, dtype=np.float64)
-    out = raw.copy()
-    for j, label in enumerate(labels):
-        col = out[:, j]
-        col[col == -1.0] = np.nan
-        _uncertain, missing = rules.rule_for(label)
-        if missing == "zeros":
-            col[np.isnan(raw[:, j])] = 0.0
+    if uncertain not in UNCERTAIN_RULES:
+        raise ValueError(f"uncertain must be one of {UNCERTAIN_RULES}, got {uncertain!r}")
+    out = np.asarray(raw, dtype=np.float64).copy()
+    out[np.isnan(out)] = 0.0
+    out[out == -1.0] = np.nan if uncertain == "exclude" else 0.0
     return out
 
 

@@ -107,15 +107,13 @@ def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
     return f
 
 
-def validation_aurocs(
-    study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels, policy: dict
-) -> dict:
-    """Study-level AUROC per label, scored as `cxr evaluate` scores it (DESIGN.md, label policy).
+def validation_aurocs(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels) -> dict:
+    """Study-level AUROC per label, scored as `cxr evaluate` scores it by default.
 
     A study's probability is the mean of its images' (`metrics.aggregate_studies`); its targets are
-    `metrics.eval_targets` of its raw labels: uncertain (-1) always left out, whatever the training
-    policy made of it (its truth is unknown), blank 0 or left out per `missing`. None where a label
-    lacks one of the two classes.
+    `metrics.eval_targets` of its raw labels: blank negative, uncertain (-1) left out, whatever the
+    training policy made of either, so runs trained under different policies are validated on the
+    same rows. None where a label lacks one of the two classes.
     """
     import polars as pl
     from sklearn.metrics import roc_auc_score
@@ -128,7 +126,7 @@ def validation_aurocs(
     )
     study_probs = aggregate_studies(frame, names).select(names).to_numpy()
     _, first = np.unique(study_ids, return_index=True)  # sorted study ids, as aggregate_studies
-    y = eval_targets(raw[first], names, policy)  # labels are per study: any image's row will do
+    y = eval_targets(raw[first])  # labels are per study: any image's row will do
     out: dict[str, float | None] = {}
     for j, name in enumerate(names):
         keep = np.isfinite(y[:, j])
@@ -371,7 +369,6 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
             torch.sigmoid(logits).numpy(),
             val_ds.raw_labels[pos.numpy()],
             cfg.labels,
-            cfg.policy.to_dict(),
         )
         counted = [v for k, v in aurocs.items() if v is not None and k not in one_class]
         macro = float(np.mean(counted)) if counted else float("nan")
