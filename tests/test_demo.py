@@ -19,7 +19,16 @@ from PIL import Image
 
 from cxr.core.errors import CxrError
 from cxr.mimic import schema
-from cxr.mimic.demo import LABEL_KEYWORDS, PHRASES, _geometry, _plan, write_demo
+from cxr.mimic.demo import (
+    LABEL_KEYWORDS,
+    MIN_POSITIVES,
+    PHRASES,
+    RADIOLOGIST_COLUMNS,
+    _geometry,
+    _plan,
+    write_demo,
+)
+from cxr.mimic.radiologist import read_radiologist_labels
 
 LABEL_TEXT = {"1.0", "0.0", "-1.0", ""}
 
@@ -180,7 +189,7 @@ def test_default_size_guarantees_usable_pa_splits(seed):
         ]
         assert len(pa) >= 60
         for name in schema.LABELS:
-            assert sum(s.labels[name] == 1.0 for s in pa) >= 5, (split, name)
+            assert sum(s.labels[name] == 1.0 for s in pa) >= MIN_POSITIVES >= 10, (split, name)
     pa_images = sum(i.view_position == "PA" for s in studies for i in s.images)
     assert pa_images >= 380
 
@@ -259,7 +268,7 @@ def test_sha256sums(demo_raw):
     paths = [ln.split(" ", 1)[1] for ln in lines]
     assert paths == sorted(paths, key=lambda p: p.encode())
     jpegs = {p.relative_to(demo_raw).as_posix() for p in (demo_raw / "files").rglob("*.jpg")}
-    csvs = {f"{c}.gz" for c in schema.REQUIRED_CSVS}
+    csvs = {f"{c}.gz" for c in schema.REQUIRED_CSVS} | {schema.RADIOLOGIST_CSV}
     assert set(paths) == jpegs | csvs
     for ln in lines:
         digest, rel = ln.split(" ", 1)
@@ -277,6 +286,7 @@ def test_deterministic_per_seed(tmp_path, make_demo):
     c = _tree_bytes((make_demo(tmp_path / "c", n_patients=6, seed=4, image_size=64)).out_dir)
     assert a == b
     assert a.keys() != c.keys()
+    assert a[schema.RADIOLOGIST_CSV] != c[schema.RADIOLOGIST_CSV]
     with gzip.open(io.BytesIO(a[f"{schema.SPLIT_CSV}.gz"])) as fh:
         assert fh.read().startswith(b"dicom_id,study_id,subject_id,split\n")
 
@@ -357,6 +367,7 @@ def test_cli_demo_prints_summary_without_subject_ids(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "validate" in proc.stdout and "views" in proc.stdout
+    assert "test studies with radiologist labels" in proc.stdout
     raw = data / "raw"
     _, meta = read_gz_csv(raw / f"{schema.METADATA_CSV}.gz")
     for subject in {r["subject_id"] for r in meta}:
@@ -373,3 +384,99 @@ def test_cli_demo_prints_summary_without_subject_ids(tmp_path):
 def test_no_finding_blank_labels_have_nan_in_summary(demo_summary):
     for study in demo_summary.blank_label_studies:
         assert all(math.isnan(v) for v in demo_summary.labels[study].values())
+
+
+# ------------------------------------------------------------------- radiologist-labelled test set
+
+
+def _pa_studies_by_split(tables) -> dict[str, set[int]]:
+    pa = {int(r["study_id"]) for r in tables["metadata"][1] if r["ViewPosition"] == "PA"}
+    out: dict[str, set[int]] = defaultdict(set)
+    for r in tables["split"][1]:
+        if int(r["study_id"]) in pa:
+            out[r["split"]].add(int(r["study_id"]))
+    return out
+
+
+def test_radiologist_file_as_physionet_ships_it(demo_raw, demo_summary):
+    path = demo_raw / schema.RADIOLOGIST_CSV
+    data = path.read_bytes()
+    assert not data.startswith(b"\x1f\x8b")  # plain CSV, not gzipped
+    reader = csv.reader(io.StringIO(data.decode()))
+    header, *rows = list(reader)
+    assert header == list(RADIOLOGIST_COLUMNS)
+    assert header[0] == "study_id" and "subject_id" not in header
+    # the chexpert file's order, with Lung Opacity under its radiologist name
+    assert header[1:] == ["Airspace Opacity" if n == "Lung Opacity" else n for n in schema.LABELS]
+    assert rows and all(v in LABEL_TEXT for r in rows for v in r[1:])
+    assert [int(r[0]) for r in rows] == sorted(int(r[0]) for r in rows)
+    got = read_radiologist_labels(path)
+    assert got.missing_labels == () and got.table.height == len(rows)
+    assert got.study_ids == set(demo_summary.radiologist_labels)
+    for study, *values in got.table.iter_rows():
+        want = demo_summary.radiologist_labels[study]
+        for name, v in zip(schema.LABELS, values, strict=True):
+            assert (math.isnan(v) and math.isnan(want[name])) or v == want[name], (study, name)
+
+
+def test_radiologist_file_covers_about_half_of_the_pa_test_studies(demo_raw, tables):
+    covered = read_radiologist_labels(demo_raw / schema.RADIOLOGIST_CSV).study_ids
+    pa = _pa_studies_by_split(tables)
+    assert covered <= pa["test"]  # test studies only, each with a PA image
+    assert 0.4 <= len(covered) / len(pa["test"]) <= 0.6, (len(covered), len(pa["test"]))
+
+
+def test_radiologist_labels_disagree_with_chexpert_in_some_cells_only(demo_raw, tables):
+    chexpert = {int(r["study_id"]): r for r in tables["chexpert"][1]}
+    with (demo_raw / schema.RADIOLOGIST_CSV).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    findings = [n for n in schema.LABELS if n not in (schema.NO_FINDING, schema.SUPPORT_DEVICES)]
+    differ = cells = 0
+    kinds = Counter()
+    for r in rows:
+        r["Lung Opacity"] = r.pop("Airspace Opacity")
+        theirs = chexpert[int(r["study_id"])]
+        for name in schema.LABELS:
+            cells += 1
+            if r[name] != theirs[name]:
+                differ += 1
+                kinds[(theirs[name], r[name])] += 1
+        # No Finding stays consistent: 1 exactly when no finding is 1 or -1, else blank
+        abnormal = any(r[n] in {"1.0", "-1.0"} for n in findings)
+        assert r[schema.NO_FINDING] == ("" if abnormal else "1.0"), r["study_id"]
+    assert 0.03 <= differ / cells <= 0.25, (differ, cells)
+    assert kinds[("-1.0", "1.0")] + kinds[("-1.0", "0.0")] > 0  # uncertainty resolved
+    assert kinds[("1.0", "0.0")] + kinds[("", "0.0")] + kinds[("", "1.0")] > 0
+
+
+def test_radiologist_file_is_listed_in_sha256sums(demo_raw):
+    sums = dict(
+        reversed(ln.split(" ", 1)) for ln in (demo_raw / schema.SHA256SUMS).read_text().splitlines()
+    )
+    data = (demo_raw / schema.RADIOLOGIST_CSV).read_bytes()
+    assert sums[schema.RADIOLOGIST_CSV] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def default_tables(tmp_path_factory):
+    """The CSVs of a demo at the default size and seed (tiny images: only the tables matter)."""
+    out = tmp_path_factory.mktemp("demo-default") / "raw"
+    write_demo(out, image_size=16, progress=False)
+    return {
+        name: read_gz_csv(out / f"{csv_name}.gz")
+        for name, csv_name in (
+            ("chexpert", schema.CHEXPERT_CSV),
+            ("split", schema.SPLIT_CSV),
+            ("metadata", schema.METADATA_CSV),
+        )
+    }
+
+
+def test_default_demo_has_ten_positive_pa_studies_per_label_in_test(default_tables):
+    pa = _pa_studies_by_split(default_tables)
+    labels = {int(r["study_id"]): r for r in default_tables["chexpert"][1]}
+    for split in ("validate", "test"):
+        assert len(pa[split]) >= 60, split
+        for name in schema.LABELS:
+            positives = sum(labels[s][name] == "1.0" for s in pa[split] if s in labels)
+            assert positives >= 10, (split, name, positives)

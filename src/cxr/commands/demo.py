@@ -51,4 +51,5 @@ def run(args: argparse.Namespace) -> int:
         f"  {len(s.missing_label_studies)} studies without a label row, "
         f"{len(s.blank_label_studies)} with every label blank"
     )
+    info(f"  {len(s.radiologist_labels)} test studies with radiologist labels")
     return 0

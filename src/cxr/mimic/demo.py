@@ -10,12 +10,20 @@
   writes the real geometry. Some non-PA images are landscape.
 - reports: `files/p1X/pXXXXXXXX/sXXXXXXXX.txt` (the official place) for about 90% of studies and
   `files/p1X/pXXXXXXXX/sXXXXXXXX/sXXXXXXXX.txt` (the data guide's place) for the rest.
-- `SHA256SUMS.txt`: `<sha256> <relative path>` for the three CSVs and every JPEG, sorted bytewise.
+- `mimic-cxr-2.1.0-test-set-labeled.csv` (plain CSV, where MIMIC-CXR-JPG 2.1.0 ships it): the
+  radiologist-labelled test set for about half of the labelled PA test studies: `study_id` (no
+  subject_id) and the labels in the chexpert file's order, Lung Opacity named "Airspace Opacity",
+  values formatted like the chexpert file's. About 10% of its cells differ from the CheXpert labels
+  (`RADIOLOGIST_CHANGES`: uncertain resolved to 1 or 0, some positives read as 0, some blanks read
+  as 0 or 1; No Finding recomputed by the rule below). Images and reports follow the CheXpert
+  labels only, and its rows come from their own generator, so the rest of the tree is the same
+  with or without it.
+- `SHA256SUMS.txt`: `<sha256> <relative path>` for the four CSVs and every JPEG, sorted bytewise.
 
-Default counts (n_patients=120, seed=0; `DemoSummary` holds the exact figures): about 400 studies,
-700+ images, 400+ PA images; validate and test each have at least 63 PA studies (ceil(0.52 x
-n_patients)) and every label at least 5 positive PA studies in each of them (scaled down for
-smaller trees). Patients have 1-4 studies, studies 1-4 images (PA + lateral, PA only, portable AP,
+Default counts (n_patients=120, seed=0; `DemoSummary` holds the exact figures): 412 studies, 821
+images, 416 PA images; validate and test each have at least 63 PA studies (ceil(0.52 x
+n_patients)) and every label at least `MIN_POSITIVES` (10) positive PA studies in each of them
+(scaled down below 100 patients: n_patients // 20); the radiologist file has 32 studies. Patients have 1-4 studies, studies 1-4 images (PA + lateral, PA only, portable AP,
 AP + lateral, lateral only, a rare view now and then); about 4% of images have no ViewPosition, 60%
 of those keep a `ViewCodeSequence_CodeMeaning` that recovers the view.
 
@@ -70,6 +78,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -118,6 +127,27 @@ P_NEGATIVE = 0.3
 P_SUPPORT = (0.25, 0.03, 0.02)  # Support Devices: P(1), P(0), P(-1), in every study
 P_NORMAL = {"train": 0.28, "validate": 0.28, "test": 0.12}  # test is enriched for findings
 P_MISSING_VIEW = 0.04
+# Positive (1) PA studies per label guaranteed in validate and test at n_patients >= 100: 10, so
+# that an evaluation's macro with a 10-positive minimum covers all 14 labels.
+MIN_POSITIVES = 10
+
+# The radiologist-labelled test set (MIMIC-CXR-JPG 2.1.0): columns in the chexpert file's order,
+# `study_id` only, Lung Opacity under its radiologist name.
+RADIOLOGIST_COLUMNS: tuple[str, ...] = (
+    "study_id",
+    *({v: k for k, v in schema.RADIOLOGIST_ALIASES.items()}.get(n, n) for n in schema.LABELS),
+)
+P_RADIOLOGIST = 0.5  # share of the labelled PA test studies the radiologists read
+# How a radiologist's value departs from the CheXpert labeler's, per (study, label) cell: from the
+# labeler's value to {radiologist value: probability}; the rest keeps the labeler's value. Mostly
+# resolved uncertainty, some missed or over-called findings, some unmentioned labels now read.
+# About 10% of the cells differ; No Finding is then recomputed from the findings.
+RADIOLOGIST_CHANGES: dict[str, dict[float, float]] = {
+    "uncertain": {1.0: 0.4, 0.0: 0.4},
+    "positive": {0.0: 0.08},
+    "negative": {1.0: 0.03},
+    "blank": {0.0: 0.08, 1.0: 0.03},
+}
 
 # Words that mention a label in report text; a blank label's words never appear in its report.
 LABEL_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -277,6 +307,8 @@ class DemoSummary:
     blank_label_studies: frozenset[int]
     recoverable_missing_views: int = 0
     labels: dict[int, dict[str, float]] = field(default_factory=dict)  # NaN for blank
+    # The radiologist file's rows (CheXpert label names, NaN for blank), keyed by study_id.
+    radiologist_labels: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -497,7 +529,7 @@ def _plan(seed: int, n_patients: int) -> list[_Study]:
         if j < n_odd:
             s.has_row = False
         s.labels = dict.fromkeys(schema.LABELS, math.nan)
-    min_pos = 5 if n_patients >= 100 else max(1, n_patients // 20)
+    min_pos = MIN_POSITIVES if n_patients >= 100 else max(1, n_patients // 20)
     for split in ("validate", "test"):
         pa = [
             s
@@ -509,6 +541,43 @@ def _plan(seed: int, n_patients: int) -> list[_Study]:
         ]
         _guarantee_positives(rng, pa, min_pos)
     return studies
+
+
+def _radiologist_labels(seed: int, studies: list[_Study]) -> dict[int, dict[str, float]]:
+    """Radiologist labels for about half of the labelled PA test studies, keyed by study_id.
+
+    Drawn from their own generator, so the CheXpert labels, images and reports are the same with
+    or without them. Each cell departs from the CheXpert value per `RADIOLOGIST_CHANGES`; No
+    Finding is then 1 exactly when no finding other than Support Devices is 1 or -1, else blank.
+    """
+    rng = np.random.default_rng([seed, 3])
+    labelled = [
+        s
+        for s in sorted(studies, key=lambda s: s.study_id)
+        if s.split == "test" and s.has_row and not all(math.isnan(v) for v in s.labels.values())
+    ]
+    pool = [s for s in labelled if any(im.view_position == "PA" for im in s.images)] or labelled
+    if not pool:
+        return {}
+    k = max(1, round(P_RADIOLOGIST * len(pool)))
+    chosen = sorted(int(i) for i in rng.choice(len(pool), size=k, replace=False))
+    kinds = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+    out: dict[int, dict[str, float]] = {}
+    for i in chosen:
+        study = pool[i]
+        lab = dict(study.labels)
+        for name in (*FINDINGS_LABELS, schema.SUPPORT_DEVICES):
+            v = lab[name]
+            changes = RADIOLOGIST_CHANGES["blank" if math.isnan(v) else kinds[v]]
+            u, acc = rng.random(), 0.0
+            for new, p in changes.items():
+                acc += p
+                if u < acc:
+                    lab[name] = new
+                    break
+        _fix_no_finding(lab)
+        out[study.study_id] = lab
+    return out
 
 
 # ---------------------------------------------------------------------------------- images
@@ -810,14 +879,18 @@ def _fmt_label(v: float) -> str:
     return "" if math.isnan(v) else repr(float(v))
 
 
-def _csv_gz(header: tuple[str, ...], rows: list[list]) -> bytes:
+def _csv(header: tuple[str, ...], rows: list[list]) -> bytes:
     text = io.StringIO()
     w = csv.writer(text, lineterminator="\n")
     w.writerow(header)
     w.writerows(rows)
+    return text.getvalue().encode("utf-8")
+
+
+def _csv_gz(header: tuple[str, ...], rows: list[list]) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
-        gz.write(text.getvalue().encode("utf-8"))
+        gz.write(_csv(header, rows))
     return buf.getvalue()
 
 
@@ -831,7 +904,8 @@ def _prepare_out_dir(out: Path) -> None:
                 "choose an empty directory"
             )
         # A previous demo tree (complete or interrupted): remove exactly what a demo writes.
-        for name in (*(f"{c}.gz" for c in schema.REQUIRED_CSVS), schema.SHA256SUMS):
+        written = (*(f"{c}.gz" for c in schema.REQUIRED_CSVS), schema.RADIOLOGIST_CSV)
+        for name in (*written, schema.SHA256SUMS):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / schema.FILES_DIR, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -917,17 +991,25 @@ def write_demo(
                     im.orientation,
                 ]
             )
+    radiologist = _radiologist_labels(seed, studies)
+    radiologist_rows = [
+        [study, *(_fmt_label(lab[n]) for n in schema.LABELS)]
+        for study, lab in sorted(radiologist.items())
+    ]
     tables = {
         f"{schema.CHEXPERT_CSV}.gz": _csv_gz(schema.CHEXPERT_COLUMNS, chexpert),
         f"{schema.SPLIT_CSV}.gz": _csv_gz(schema.SPLIT_COLUMNS, split_rows),
         f"{schema.METADATA_CSV}.gz": _csv_gz(schema.METADATA_COLUMNS, meta_rows),
     }
+    if radiologist_rows:  # plain CSV, as PhysioNet ships it
+        tables[schema.RADIOLOGIST_CSV] = _csv(RADIOLOGIST_COLUMNS, radiologist_rows)
     for name, data in tables.items():
         write_bytes_atomic(out / name, data)
         sums[name] = hashlib.sha256(data).hexdigest()
     lines = [f"{sums[p]} {p}\n" for p in sorted(sums, key=lambda p: p.encode())]
     write_text_atomic(out / schema.SHA256SUMS, "".join(lines))
-    return _summarize(out, seed, size, studies, reports, headers, report_paths)
+    summary = _summarize(out, seed, size, studies, reports, headers, report_paths)
+    return dataclasses.replace(summary, radiologist_labels=radiologist)
 
 
 def _summarize(out, seed, size, studies, reports, headers, report_paths) -> DemoSummary:
