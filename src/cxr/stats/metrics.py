@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.stats.bootstrap import percentile_interval, resample_counts, weighted_auroc
+from cxr.stats.bootstrap import bootstrap_metrics, percentile_interval
 
 THRESHOLD_RULE = (
     "per label, the threshold maximizing Youden's J (sensitivity + specificity - 1) on the "
@@ -214,10 +214,16 @@ def compute_metrics(
         raise ValueError(
             f"targets {y.shape} and probabilities {p.shape} do not match {len(labels)} labels"
         )
-    counts = (
-        resample_counts(
-            np.arange(len(y)) if groups is None else groups, config.n_bootstrap, config.seed
-        )
+    # One set of resamples of `groups` for every label (rows when no groups are given).
+    boot = (
+        bootstrap_metrics(
+            y,
+            p,
+            np.arange(len(y)) if groups is None else np.asarray(groups),
+            {},
+            config.n_bootstrap,
+            config.seed,
+        )["auroc"]
         if config.n_bootstrap
         else None
     )
@@ -244,9 +250,8 @@ def compute_metrics(
             continue
         entry["auroc"] = float(roc_auc_score(yj, pj))
         entry["auprc"] = float(average_precision_score(yj, pj))
-        if counts is not None:
-            boot = weighted_auroc(yj, pj, counts[:, keep])
-            entry["auroc_ci"] = percentile_interval(boot, config.ci)
+        if boot is not None:
+            entry["auroc_ci"] = percentile_interval(boot[:, j], config.ci)
         entry.update(_operating_point(*_confusion(yj, pj, thr["threshold"])))
         entry["ece"] = expected_calibration_error(yj, pj, config.ece_bins)
         entry["brier"] = float(np.mean((pj - yj) ** 2))
