@@ -9,8 +9,9 @@ Conventions:
   on the validate split, ties broken towards the higher threshold; it is then applied unchanged to the
   evaluated split (`p >= threshold` is positive). If validate lacks both classes for a label, the
   threshold falls back to 0.5 and `threshold_source` says so.
-- The AUROC interval is a percentile bootstrap that resamples studies (all labels share each
-  resample); at image level every image of a drawn study is drawn with it.
+- The AUROC interval is a percentile bootstrap that resamples the caller's `groups` (rows when
+  None; all labels share each resample): a drawn group brings all its rows. The resampling, the
+  vectorized AUROC and the interval are `cxr.stats.bootstrap`'s.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from cxr.stats.bootstrap import bootstrap_metrics, percentile_interval
 
 THRESHOLD_RULE = (
     "per label, the threshold maximizing Youden's J (sensitivity + specificity - 1) on the "
@@ -155,82 +158,6 @@ def _operating_point(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | No
     }
 
 
-# --------------------------------------------------------------------------- bootstrap
-
-
-def _tie_starts(sorted_scores: np.ndarray) -> np.ndarray:
-    """Start index of every run of equal values in a sorted array."""
-    if sorted_scores.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    change = np.flatnonzero(np.diff(sorted_scores)) + 1
-    return np.concatenate(([0], change)).astype(np.int64)
-
-
-def weighted_auroc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC for many weightings of the same rows at once (the Mann-Whitney statistic).
-
-    `weights` is (B, n): row b gives each of the n rows a multiplicity (a bootstrap resample is
-    integer counts). Scores are sorted once; per resample the work is a few (B, n) array operations:
-    AUROC = sum over tie groups g of pos_w(g) * (neg_w(below g) + neg_w(g) / 2) / (pos_w * neg_w),
-    which equals the rank-based AUROC (mid-ranks for ties). NaN where a resample lacks a class.
-    """
-    order = np.argsort(p, kind="stable")
-    ps = np.asarray(p, dtype=np.float64)[order]
-    ys = np.asarray(y)[order] == 1
-    w = np.asarray(weights, dtype=np.float64)[:, order]
-    starts = _tie_starts(ps)
-    pos_w = np.where(ys, w, 0.0)
-    neg_w = w - pos_w
-    g_pos = np.add.reduceat(pos_w, starts, axis=1) if starts.size else pos_w
-    g_neg = np.add.reduceat(neg_w, starts, axis=1) if starts.size else neg_w
-    below = np.cumsum(g_neg, axis=1) - g_neg
-    num = (g_pos * (below + 0.5 * g_neg)).sum(axis=1)
-    den = g_pos.sum(axis=1) * g_neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
-
-
-def bootstrap_counts(groups: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
-    """(B, n) multiplicities of rows when resampling their groups (studies) with replacement.
-
-    `groups` gives each row's group code (0..G-1); a drawn group brings all its rows.
-    """
-    groups = np.asarray(groups, dtype=np.int64)
-    n_groups = int(groups.max()) + 1 if groups.size else 0
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_groups, size=(n_bootstrap, n_groups))
-    offsets = (np.arange(n_bootstrap, dtype=np.int64) * n_groups)[:, None]
-    counts = np.bincount((draws + offsets).ravel(), minlength=n_bootstrap * n_groups)
-    counts = counts.reshape(n_bootstrap, n_groups)
-    return counts[:, groups]
-
-
-def bootstrap_auroc(
-    y: np.ndarray,
-    p: np.ndarray,
-    groups: np.ndarray | None = None,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-) -> np.ndarray:
-    """(B, L) bootstrap AUROCs, resampling groups (studies; rows when `groups` is None).
-
-    All labels share the same resamples; each label uses its own non-excluded rows.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    n, n_labels = y.shape
-    if groups is None:
-        codes = np.arange(n)
-    else:
-        _, codes = np.unique(np.asarray(groups), return_inverse=True)
-    counts = bootstrap_counts(codes, n_bootstrap, seed)
-    out = np.full((n_bootstrap, n_labels), np.nan)
-    for j in range(n_labels):
-        keep = ~np.isnan(y[:, j])
-        if _both_classes_reason(y[keep, j]) is None:
-            out[:, j] = weighted_auroc(y[keep, j], p[keep, j], counts[:, keep])
-    return out
-
-
 # --------------------------------------------------------------------------- the whole table
 
 
@@ -287,12 +214,19 @@ def compute_metrics(
         raise ValueError(
             f"targets {y.shape} and probabilities {p.shape} do not match {len(labels)} labels"
         )
+    # One set of resamples of `groups` for every label (rows when no groups are given).
     boot = (
-        bootstrap_auroc(y, p, groups, config.n_bootstrap, config.seed)
+        bootstrap_metrics(
+            y,
+            p,
+            np.arange(len(y)) if groups is None else np.asarray(groups),
+            {},
+            config.n_bootstrap,
+            config.seed,
+        )["auroc"]
         if config.n_bootstrap
         else None
     )
-    alpha = (1.0 - config.ci) / 2.0
 
     per_label: dict[str, dict[str, Any]] = {}
     pooled_y, pooled_p, pooled_pred = [], [], []
@@ -317,13 +251,7 @@ def compute_metrics(
         entry["auroc"] = float(roc_auc_score(yj, pj))
         entry["auprc"] = float(average_precision_score(yj, pj))
         if boot is not None:
-            col = boot[:, j]
-            col = col[~np.isnan(col)]
-            if col.size:
-                entry["auroc_ci"] = [
-                    float(np.quantile(col, alpha)),
-                    float(np.quantile(col, 1.0 - alpha)),
-                ]
+            entry["auroc_ci"] = percentile_interval(boot[:, j], config.ci)
         entry.update(_operating_point(*_confusion(yj, pj, thr["threshold"])))
         entry["ece"] = expected_calibration_error(yj, pj, config.ece_bins)
         entry["brier"] = float(np.mean((pj - yj) ** 2))
