@@ -54,7 +54,7 @@ demo-train: $(STAMP)
 CHECKPOINT ?= models/demo/best.pt
 EVAL_OUT   ?= reports/demo
 evaluate: $(STAMP)
-	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT)
+	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT) --split test
 
 # Real data (PhysioNet credentials in PHYSIONET_USERNAME / PHYSIONET_PASSWORD or ~/.netrc).
 download-metadata: $(STAMP)

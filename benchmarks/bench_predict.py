@@ -1,11 +1,9 @@
-"""Benchmark `cxr predict` latency and the evaluation metrics.
+"""Benchmark `cxr predict` latency (evaluation's scoring: benchmarks/bench_evaluate.py).
 
-1. Per-image latency of prediction for DenseNet-121 at 224 on the CPU, reading a 3056 x 2544 JPEG
+Per-image latency of prediction for DenseNet-121 at 224 on the CPU, reading a 3056 x 2544 JPEG
    (quality 95, CXR-like) each time: warm process, `cxr.inference.predict.predict_files` called in-process
    repeatedly with one image, median (goal <= 150 ms/image), with the reference recipe's
-   preprocessing (a 256 square, resized to 224 by eval_transform). Also the read+fit part alone.
-2. The metrics part of evaluation on 3,000 studies x 14 labels with 1,000 bootstrap resamples of
-   studies, synthetic predictions (goal < 10 s).
+preprocessing (a 256 square, resized to 224 by eval_transform). Also the read+fit part alone.
 
     PYTHONPATH=src python benchmarks/bench_predict.py [--repeats 15]
 
@@ -75,27 +73,6 @@ def bench_predict(repeats: int) -> None:
     print(f"  of which read + fit_square: median {1e3 * statistics.median(read):.0f} ms")
 
 
-def bench_metrics(n_studies: int = 3000, n_boot: int = 1000) -> None:
-    from cxr.mimic.schema import LABELS
-    from cxr.stats.metrics import MetricsConfig, choose_thresholds, compute_metrics
-
-    rng = np.random.default_rng(0)
-    n_labels = len(LABELS)
-    prev = rng.uniform(0.02, 0.5, n_labels)
-    y = (rng.random((n_studies, n_labels)) < prev).astype(float)
-    p = 1 / (1 + np.exp(-(2.0 * y - 1 + rng.normal(0, 1.2, y.shape))))
-    y[rng.random(y.shape) < 0.1] = np.nan  # uncertain / ignored blanks
-    yv, pv = y[:600], p[:600]
-    t = time.perf_counter()
-    th = choose_thresholds(yv, pv, LABELS)
-    m = compute_metrics(y, p, LABELS, th, config=MetricsConfig(n_bootstrap=n_boot, seed=0))
-    dt = time.perf_counter() - t
-    print(
-        f"metrics, {n_studies} studies x {n_labels} labels, {n_boot} bootstrap resamples: "
-        f"{dt:.2f} s (goal < 10 s); macro AUROC {m['macro']['auroc']:.3f}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -105,7 +82,6 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    bench_metrics()
     bench_predict(args.repeats)
 
 

@@ -1,7 +1,9 @@
-"""`cxr evaluate` end to end on a tiny data root: outputs, contents, HTML in headless Chromium."""
+"""`cxr evaluate` and `cxr compare` end to end on a tiny data root: the protocol, patient-bootstrap
+intervals, fingerprints, operating points, radiologist labels, provenance, the HTML page."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,9 +13,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _eval_fixtures import make_checkpoint, make_data
+from _eval_fixtures import make_checkpoint, make_data, write_radiologist_labels
 from cxr.cli import main
 from cxr.mimic.schema import LABELS
+
+OTHER_POLICY = {"uncertain": "ones", "missing": "ignore"}
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +25,19 @@ def evaluated(tmp_path_factory):
     base = tmp_path_factory.mktemp("eval")
     fx = make_data(base / "data")
     out = base / "reports" / "run1"
+    assert _run_eval(fx, out, "--split", "test") == 0
     return fx, out
 
 
-def _run_eval(fx, out, *extra):
+def _run_eval(fx, out, *extra, checkpoint=None, quiet=True):
     return main(
         [
+            *(["--quiet"] if quiet else []),
             "--data-dir",
             str(fx.root),
             "evaluate",
             "--checkpoint",
-            str(fx.checkpoint),
+            str(checkpoint or fx.checkpoint),
             "--out",
             str(out),
             "--bootstrap",
@@ -41,30 +47,67 @@ def _run_eval(fx, out, *extra):
     )
 
 
+def _metrics(out) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _test_studies(fx) -> pl.DataFrame:
+    """The test studies evaluation can score (the unreadable image's study keeps its other image
+    only if it has one), one row per study, from the manifest and the cache."""
+    cache_ok = pl.read_parquet(fx.cache / "index.parquet").filter(pl.col("ok")).select("dicom_id")
+    rows = pl.read_parquet(fx.manifest).filter(pl.col("split") == "test")
+    rows = rows.join(cache_ok, on="dicom_id", how="semi")
+    return rows.group_by("study_id", maintain_order=True).first().sort("study_id")
+
+
 def test_evaluate_writes_every_output(evaluated, capsys):
     fx, out = evaluated
-    assert _run_eval(fx, out) == 0
-    captured = capsys.readouterr()
-    assert "uncertain=ignore, missing=zeros" in captured.out
-    assert "report.html" in captured.out
-    m = json.loads((out / "metrics.json").read_text())
+    assert _run_eval(fx, out, "--split", "test", "--bootstrap", "100", quiet=False) == 0
+    m = _metrics(out)
     assert m["split"] == "test" and m["level"] == "study"
-    assert m["label_policy"]["uncertain"] == "ignore" and m["label_policy"]["missing"] == "zeros"
-    assert "Youden" in m["threshold_rule"]
+    assert m["protocol"] == {
+        "split": "test",
+        "level": "study",
+        "uncertain": "exclude",
+        "labels": "chexpert",
+        "views": ["PA"],
+        "blank": "negative",
+        "thresholds_from": "validate split, CheXpert labels",
+    }
+    assert m["bootstrap"] == {"unit": "patient", "n": 100, "seed": 0, "interval": "95% percentile"}
+    assert len(m["rows_fingerprint"]) == 64
+    prov = m["provenance"]
+    assert prov["checkpoint_sha256"] == hashlib.sha256(fx.checkpoint.read_bytes()).hexdigest()
+    assert prov["manifest_sha256"] == hashlib.sha256(fx.manifest.read_bytes()).hexdigest()
+    assert prov["cxr_version"] and prov["date"].startswith("20") and prov["synthetic_demo"] is False
     assert list(m["labels"]) == list(LABELS)
-    for label in LABELS:  # each label under its exact name, as the issue says; same entry
-        assert m[label] == m["labels"][label]
-        assert {"auroc", "auroc_ci", "auprc", "prevalence", "n_pos", "n_neg"} <= set(m[label])
-        assert {"sensitivity", "specificity", "ppv", "f1", "ece", "brier"} <= set(m[label])
-    assert {"split", "level", "label_policy", "macro", "micro", "counts"} <= set(m)
+    studies = _test_studies(fx)
+    assert m["counts"]["test"]["studies"] == studies.height
+    assert m["counts"]["test"]["patients"] == studies["subject_id"].n_unique()
     assert m["counts"]["test"]["images_excluded_unreadable"] == 1
-    for entry in m["labels"].values():
-        if entry["auroc"] is None:
-            assert entry["reason"]
-        else:
-            lo, hi = entry["auroc_ci"]
+    for label in LABELS:  # each label under its exact name too; the same entry
+        e = m[label]
+        assert e == m["labels"][label]
+        assert len(e["rows_fingerprint"]) == 64
+        raw = studies[label].to_numpy()
+        assert e["n_pos"] == int((raw == 1).sum())
+        assert e["n_neg"] == int((raw == 0).sum() + np.isnan(raw).sum())  # blank is negative
+        assert set(e["operating_points"]) == {"youden", "spec90", "spec95"}
+        for point in e["operating_points"].values():
+            if point["threshold"] is not None:
+                assert point["tp"] + point["fn"] == e["n_pos"]
+                assert point["fp"] + point["tn"] == e["n_neg"]
+        assert e["tp"] == e["operating_points"]["youden"]["tp"]
+        if e["auroc"] is None:
+            assert e["reason"]
+            continue
+        for key in ("auroc", "auprc"):
+            lo, hi = e[f"{key}_ci"]
             assert 0 <= lo <= hi <= 1
-            assert entry["threshold"] is not None
+        assert e["sensitivity_ci"] is None or e["sensitivity_ci"][0] <= e["sensitivity_ci"][1]
+    assert m["macro"]["n_labels"] == len(m["macro"]["labels"])
+    assert set(m["macro"]["labels"]) | set(m["macro"]["left_out"]) == set(LABELS)
+    assert set(m["validate"]) == set(LABELS)  # the validate split's figures beside the test's
     pred = pl.read_csv(out / "predictions.csv")
     assert pred.columns == ["dicom_id", "study_id", *LABELS]
     assert pred.height == m["counts"]["test"]["images"]
@@ -75,7 +118,22 @@ def test_evaluate_writes_every_output(evaluated, capsys):
         assert (out / "figures" / name).stat().st_size > 1000
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "Most confident errors" in page
+    assert prov["checkpoint_sha256"] in page and m["rows_fingerprint"] in page
+    assert "resamples of patients" in page and "Operating points" in page
+    assert "Synthetic demo data" not in page
     assert "http://" not in page and "https://" not in page  # self-contained
+    printed = capsys.readouterr().out
+    assert "blank as negative, uncertain excluded" in printed and "report.html" in printed
+
+
+def test_default_split_is_validate_and_says_thresholds_come_from_it(evaluated, tmp_path, capsys):
+    fx, _ = evaluated
+    out = tmp_path / "val"
+    assert _run_eval(fx, out) == 0
+    m = _metrics(out)
+    assert m["split"] == "validate" and list(m["counts"]) == ["validate"]
+    assert "operating points were also chosen" in m["note"]
+    assert "operating points were also chosen" in (out / "report.html").read_text()
 
 
 def test_study_level_metrics_use_mean_of_images(evaluated):
@@ -86,64 +144,272 @@ def test_study_level_metrics_use_mean_of_images(evaluated):
     np.testing.assert_allclose(study[LABELS[0]].to_numpy(), mean[LABELS[0]].to_numpy(), atol=2e-6)
 
 
-def test_image_level_scores_blank_as_negative_whatever_the_training_policy(evaluated, tmp_path):
-    fx, _ = evaluated
-    out = tmp_path / "img"
+def test_training_policy_does_not_change_the_rows_but_the_protocol_does(evaluated, tmp_path):
+    fx, out = evaluated
+    other = make_checkpoint(tmp_path / "m2" / "best.pt", policy=OTHER_POLICY, seed=1)
+    assert _run_eval(fx, tmp_path / "b", "--split", "test", checkpoint=other) == 0
+    a, b = _metrics(out), _metrics(tmp_path / "b")
+    assert a["model"]["training_label_policy"] != b["model"]["training_label_policy"]
+    assert a["rows_fingerprint"] == b["rows_fingerprint"]
+    for label in LABELS:
+        assert a[label]["rows_fingerprint"] == b[label]["rows_fingerprint"]
+        assert (a[label]["n_pos"], a[label]["n_neg"]) == (b[label]["n_pos"], b[label]["n_neg"])
+    assert a["macro"]["auroc"] != b["macro"]["auroc"]  # other weights: another model
+    # Uncertain as negative scores other rows: every fingerprint that involves an uncertain differs.
+    assert _run_eval(fx, tmp_path / "neg", "--split", "test", "--uncertain", "negative") == 0
+    neg = _metrics(tmp_path / "neg")
+    assert neg["protocol"]["uncertain"] == "negative"
+    assert neg["rows_fingerprint"] != a["rows_fingerprint"]
+    studies = _test_studies(fx)
+    for label in LABELS:
+        has_uncertain = bool((studies[label].to_numpy() == -1).any())
+        assert (neg[label]["rows_fingerprint"] != a[label]["rows_fingerprint"]) == has_uncertain
+        if has_uncertain:
+            assert neg[label]["n_neg"] > a[label]["n_neg"]
+
+
+def test_image_level_keeps_blank_negative_and_counts_images(evaluated, tmp_path):
+    fx, out = evaluated
+    assert _run_eval(fx, tmp_path / "img", "--split", "test", "--level", "image") == 0
+    m = _metrics(tmp_path / "img")
+    assert m["protocol"]["level"] == "image" and m["bootstrap"]["unit"] == "patient"
+    cache_ok = pl.read_parquet(fx.cache / "index.parquet").filter(pl.col("ok")).select("dicom_id")
+    images = pl.read_parquet(fx.manifest).filter(pl.col("split") == "test")
+    images = images.join(cache_ok, on="dicom_id", how="semi")
+    edema = images["Edema"].to_numpy()  # trained with missing=ignore: still scored as 0 here
+    assert m["Edema"]["n_neg"] == int((edema == 0).sum() + np.isnan(edema).sum())
+    assert m["rows_fingerprint"] != _metrics(out)["rows_fingerprint"]
+    assert not (tmp_path / "img" / "predictions_study.csv").exists()
+
+
+def test_rare_labels_are_shown_flagged_and_left_out_of_the_macro(evaluated, tmp_path, capsys):
+    fx, out = evaluated
+    base = _metrics(out)
+    pos = {label: base[label]["n_pos_studies"] for label in LABELS}
+    cut = sorted(set(pos.values()))[len(set(pos.values())) // 2]
+    assert _run_eval(fx, tmp_path / "r", "--split", "test", "--min-positives", str(cut)) == 0
+    m = _metrics(tmp_path / "r")
+    rare = {label for label, n in pos.items() if n < cut}
+    assert rare and set(m["macro"]["left_out"]) >= rare
+    for label in rare:
+        assert "fewer than" in m[label]["excluded_from_macro"] or m[label].get("reason")
+        assert m[label]["n_pos"] == base[label]["n_pos"]  # still shown with its figures
     assert (
-        main(
-            [
-                "--quiet",
-                "--data-dir",
-                str(fx.root),
-                "evaluate",
-                "--checkpoint",
-                str(fx.checkpoint),
-                "--out",
-                str(out),
-                "--level",
-                "image",
-                "--bootstrap",
-                "50",
-            ]
-        )
-        == 0
+        m["macro"]["n_labels"]
+        == len(m["macro"]["labels"])
+        == len(LABELS) - len(m["macro"]["left_out"])
     )
-    m = json.loads((out / "metrics.json").read_text())
-    manifest = pl.read_parquet(fx.manifest).filter(pl.col("split") == "test").head(-1)
-    # The checkpoint trained Edema with missing=ignore: evaluation still scores its blanks as 0.
-    edema = manifest["Edema"].to_numpy()
-    assert m["labels"]["Edema"]["n_neg"] == int((edema == 0).sum() + np.isnan(edema).sum())
-    at = manifest["Atelectasis"].to_numpy()
-    assert m["labels"]["Atelectasis"]["n_neg"] == int((at == 0).sum() + np.isnan(at).sum())
+    expected = np.mean([m[label]["auroc"] for label in m["macro"]["labels"]])
+    assert m["macro"]["auroc"] == pytest.approx(expected)
+    lo, hi = m["macro"]["auroc_ci"]
+    assert lo <= hi
+    assert _run_eval(fx, tmp_path / "all", "--split", "test", "--min-positives", "1000") == 0
+    none = _metrics(tmp_path / "all")
+    assert none["macro"]["n_labels"] == 0 and none["macro"]["auroc"] is None
+    assert set(none["macro"]["left_out"]) == set(LABELS)
+
+
+def test_radiologist_labels_score_the_studies_they_cover(evaluated, tmp_path):
+    fx, out = evaluated
+    written = write_radiologist_labels(fx)
+    try:
+        assert _run_eval(fx, tmp_path / "rad", "--split", "test", "--labels", "radiologist") == 0
+    finally:
+        (fx.raw / "mimic-cxr-2.1.0-test-set-labeled.csv").unlink()
+    m = _metrics(tmp_path / "rad")
+    assert m["protocol"]["labels"] == "radiologist"
+    covered = _test_studies(fx).join(written.select("study_id"), on="study_id", how="semi")
+    assert m["counts"]["test"]["studies"] == covered.height
+    truth = written.join(covered.select("study_id"), on="study_id", how="semi")
+    for label in LABELS:  # Lung Opacity came from the file's "Airspace Opacity" column
+        values = truth[label].to_numpy()
+        assert m[label]["n_pos"] == int((values == 1).sum()), label
+        assert m[label]["n_neg"] == int((values == 0).sum() + np.isnan(values).sum()), label
+    assert m["rows_fingerprint"] != _metrics(out)["rows_fingerprint"]
+    study = pl.read_csv(tmp_path / "rad" / "predictions_study.csv")
+    assert set(study["study_id"]) == set(covered["study_id"])
+
+
+def test_radiologist_labels_need_the_file_and_the_test_split(evaluated, tmp_path, capsys):
+    fx, _ = evaluated
+    assert _run_eval(fx, tmp_path / "x", "--split", "test", "--labels", "radiologist") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mimic-cxr-2.1.0-test-set-labeled.csv" in err
+    assert _run_eval(fx, tmp_path / "x", "--labels", "radiologist") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--split test" in err
+
+
+def test_demo_manifest_gets_a_banner(evaluated, tmp_path, capsys):
+    fx, _ = evaluated
+    marker = fx.raw / ".cxr-demo"
+    marker.write_text("synthetic\n")
+    try:
+        assert (
+            main(
+                [
+                    "--data-dir",
+                    str(fx.root),
+                    "evaluate",
+                    "--checkpoint",
+                    str(fx.checkpoint),
+                    "--out",
+                    str(tmp_path / "d"),
+                    "--bootstrap",
+                    "0",
+                ]
+            )
+            == 0
+        )
+    finally:
+        marker.unlink()
+    assert _metrics(tmp_path / "d")["provenance"]["synthetic_demo"] is True
+    assert "Synthetic demo data" in (tmp_path / "d" / "report.html").read_text()
+    assert "Synthetic demo data" in capsys.readouterr().out
 
 
 def test_checkpoint_of_another_size_is_fit_from_the_cache(evaluated, tmp_path):
     fx, _ = evaluated
     ckpt = make_checkpoint(tmp_path / "m" / "best.pt", image_size=24)
     out = tmp_path / "r"
-    code = main(
-        [
-            "--quiet",
-            "--data-dir",
-            str(fx.root),
-            "evaluate",
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(out),
-            "--bootstrap",
-            "0",
-        ]
-    )
-    assert code == 0
-    assert json.loads((out / "metrics.json").read_text())["image_size"] == 24
+    assert _run_eval(fx, out, "--bootstrap", "0", checkpoint=ckpt) == 0
+    assert _metrics(out)["model"]["image_size"] == 24
 
 
-def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+def test_bad_invocations_are_one_line_errors(evaluated, tmp_path, capsys):
+    fx, _ = evaluated
     code = main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
     assert code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.pt" in err
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert _run_eval(fx, a_file) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "existing file" in err
+    assert _run_eval(fx, tmp_path / "o", "--min-positives", "-1") == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@pytest.fixture(scope="module")
+def two_runs(evaluated, tmp_path_factory):
+    """The same rows evaluated for two models trained under different label policies."""
+    fx, out_a = evaluated
+    base = tmp_path_factory.mktemp("cmp")
+    other = make_checkpoint(base / "models" / "uones" / "best.pt", policy=OTHER_POLICY, seed=1)
+    out_b = base / "reports" / "uones"
+    assert _run_eval(fx, out_b, "--split", "test", checkpoint=other) == 0
+    return fx, out_a, out_b, base
+
+
+def test_compare_two_runs_trained_under_different_policies(two_runs, capsys):
+    fx, out_a, out_b, base = two_runs
+    out = base / "cmp"
+    code = main(
+        [
+            "--data-dir",
+            str(fx.root),
+            "compare",
+            str(out_a),
+            str(out_b),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "300",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert all(len(line) <= 80 for line in printed.splitlines() if "report:" not in line)
+    c = json.loads((out / "compare.json").read_text())
+    a, b = _metrics(out_a), _metrics(out_b)
+    assert c["rows_fingerprint"] and c["protocol"] == a["protocol"]
+    assert set(c["labels"]) | set(c["labels_left_out"]) == set(LABELS)
+    assert c["labels"], "the shared labels"
+    for label, d in c["labels"].items():
+        assert d["delta_auroc"] == pytest.approx(a[label]["auroc"] - b[label]["auroc"])
+        assert 0 <= d["p_delong"] <= 1
+        lo, hi = d["delta_ci"]
+        assert lo <= hi
+        assert label in printed
+    macro = c["macro"]
+    assert macro["labels"] and set(macro["labels"]) <= set(a["macro"]["labels"])
+    assert macro["delta_auroc"] == pytest.approx(
+        np.mean([c["labels"][lab]["delta_auroc"] for lab in macro["labels"]])
+    )
+    assert macro["delta_ci"][0] <= macro["delta_ci"][1]
+    assert (out / "compare.html").read_text().count("<tr>") >= len(c["labels"])
+
+
+def test_compare_refuses_different_protocols(two_runs, tmp_path, capsys):
+    fx, out_a, _, _ = two_runs
+    neg = tmp_path / "neg"
+    assert _run_eval(fx, neg, "--split", "test", "--uncertain", "negative", "--bootstrap", "0") == 0
+    capsys.readouterr()
+    assert main(["--data-dir", str(fx.root), "compare", str(out_a), str(neg)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different protocols" in err and "uncertain" in err
+
+
+def test_compare_refuses_when_no_label_shares_its_rows(two_runs, tmp_path, capsys):
+    fx, out_a, out_b, _ = two_runs
+    changed = tmp_path / "changed"
+    shutil.copytree(out_b, changed)
+    m = _metrics(changed)
+    for label in LABELS:
+        m["labels"][label]["rows_fingerprint"] = "0" * 64
+    (changed / "metrics.json").write_text(json.dumps(m))
+    assert main(["--data-dir", str(fx.root), "compare", str(out_a), str(changed)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no label was evaluated on the same rows" in err
+    # One label left out: it is named, the others are compared.
+    m = _metrics(out_b)
+    m["labels"]["Edema"]["rows_fingerprint"] = "0" * 64
+    (changed / "metrics.json").write_text(json.dumps(m))
+    out = tmp_path / "c"
+    assert (
+        main(["--data-dir", str(fx.root), "compare", str(out_a), str(changed), "--out", str(out)])
+        == 0
+    )
+    c = json.loads((out / "compare.json").read_text())
+    assert (
+        c["labels_left_out"]["Edema"] == "rows fingerprints differ" and "Edema" not in c["labels"]
+    )
+
+
+def test_compare_refuses_a_changed_manifest(two_runs, tmp_path, capsys):
+    fx, out_a, out_b, _ = two_runs
+    df = pl.read_parquet(fx.manifest)
+    flipped = df.with_columns(
+        pl.when(pl.col("split") == "test")
+        .then(1.0 - pl.col("Edema").fill_nan(0.0))
+        .otherwise(pl.col("Edema"))
+        .cast(pl.Float32)
+        .alias("Edema")
+    )
+    other = tmp_path / "manifest.parquet"
+    flipped.write_parquet(other)
+    code = main(
+        ["--data-dir", str(fx.root), "compare", str(out_a), str(out_b), "--manifest", str(other)]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest changed" in err
+
+
+def test_no_subject_id_in_any_output(two_runs, capsys):
+    fx, out_a, out_b, base = two_runs
+    texts = []
+    for d in (out_a, out_b, base):
+        for path in d.rglob("*"):
+            if path.is_file():
+                texts.append(path.read_bytes().decode("latin-1"))
+    blob = "\n".join(texts)
+    for subject in fx.subject_ids:
+        assert str(subject) not in blob
 
 
 def _chromium() -> str | None:
@@ -189,7 +455,7 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
 
 
 def test_gallery_report_excerpt_falls_back_to_findings():
-    from cxr.evaluation.evaluate import _report_excerpt
+    from cxr.evaluation.report import _report_excerpt
 
     m = pl.DataFrame(
         {
@@ -219,7 +485,7 @@ def test_evaluate_and_predict_feed_the_model_what_training_validated_on(evaluate
     ckpt_path = make_checkpoint(tmp_path / "m" / "best.pt", image_size=24, cache_size=32)
     out = tmp_path / "r"
     args = ["--quiet", "--data-dir", str(fx.root), "evaluate", "--checkpoint", str(ckpt_path)]
-    assert main([*args, "--out", str(out), "--bootstrap", "0"]) == 0
+    assert main([*args, "--out", str(out), "--bootstrap", "0", "--split", "test"]) == 0
     pred = pl.read_csv(out / "predictions.csv").head(4)
 
     ckpt = load_checkpoint(ckpt_path)
@@ -253,15 +519,3 @@ def test_evaluate_and_predict_feed_the_model_what_training_validated_on(evaluate
     )
     got = pl.read_csv(csv_out / "predictions.csv").sort("file").select(LABELS).to_numpy()
     np.testing.assert_allclose(got, expected, atol=2e-6)
-
-
-def test_evaluating_validate_says_thresholds_come_from_the_same_split(evaluated, tmp_path, capsys):
-    fx, _ = evaluated
-    out = tmp_path / "val"
-    assert _run_eval(fx, out, "--split", "validate") == 0
-    printed = capsys.readouterr().out
-    assert "where the thresholds were also chosen" in " ".join(printed.split())
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["split"] == "validate" and "same split" in m["threshold_rule"]
-    assert list(m["counts"]) == ["validate"]
-    assert "where the thresholds were also chosen" in (out / "report.html").read_text()

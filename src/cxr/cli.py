@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "reports",
     "train",
     "evaluate",
+    "compare",
     "predict",
 )
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr",
         description="MIMIC-CXR-JPG pipeline: download, verify, manifest, preprocess, train, "
-        "evaluate, predict.",
+        "evaluate, compare, predict.",
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     parser.add_argument(

@@ -1,16 +1,21 @@
-"""`cxr evaluate`: study-level metrics with bootstrap intervals, figures and an HTML report."""
+"""`cxr evaluate`: one protocol for every run, patient-bootstrap intervals, fingerprints, HTML."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "evaluate a checkpoint on a split: metrics.json, predictions.csv, figures, report.html"
+HELP = "evaluate a checkpoint on a split: metrics.json, predictions, figures, report.html"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint (best.pt)")
-    parser.add_argument("--split", default="test", choices=("test", "validate", "train"))
+    parser.add_argument(
+        "--split",
+        default="validate",
+        choices=("validate", "test", "train"),
+        help="the split to score (default validate; the test split must be asked for)",
+    )
     parser.add_argument(
         "--level",
         default="study",
@@ -18,7 +23,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="study: mean of a study's image probabilities (default); image: per image",
     )
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="resamples of studies for AUROC CIs (0: none)"
+        "--uncertain",
+        default="exclude",
+        choices=("exclude", "negative"),
+        help="uncertain (-1) labels: left out (default) or scored as negative; blank is negative",
+    )
+    parser.add_argument(
+        "--labels",
+        default="chexpert",
+        choices=("chexpert", "radiologist"),
+        help="targets: the CheXpert labeler's (default) or the 2.1.0 radiologists' (test split)",
+    )
+    parser.add_argument(
+        "--min-positives",
+        type=int,
+        default=10,
+        help="positive studies a label needs to enter the macro averages (default 10)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="resamples of patients for the intervals (0: none)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument(
@@ -38,20 +64,25 @@ def run(args: argparse.Namespace) -> int:
     from cxr.core.errors import CxrError
     from cxr.core.paths import data_root
     from cxr.core.progress import console, is_quiet
-    from cxr.evaluation.evaluate import (
+    from cxr.evaluation.evaluate import EvaluateConfig, evaluate, write_evaluation
+    from cxr.evaluation.report import (
+        DEMO_BANNER,
         TABLE_HEADER,
-        EvaluateConfig,
-        evaluate,
+        left_out_text,
         metric_rows,
-        policy_text,
+        protocol_text,
+        write_report,
     )
 
-    if args.bootstrap < 0 or args.batch_size < 1:
-        raise CxrError("--bootstrap must be >= 0 and --batch-size >= 1")
+    if args.bootstrap < 0 or args.batch_size < 1 or args.min_positives < 0:
+        raise CxrError("--bootstrap and --min-positives must be >= 0 and --batch-size >= 1")
     cfg = EvaluateConfig(
         checkpoint=args.checkpoint,
         split=args.split,
         level=args.level,
+        uncertain=args.uncertain,
+        labels=args.labels,
+        min_positives=args.min_positives,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         out=args.out,
@@ -61,19 +92,42 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         data_root=data_root(args.data_dir),
     )
-    metrics = evaluate(cfg)
+    out_dir = cfg.out_dir()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CxrError(f"{out_dir}: --out is an existing file, not a directory")
+    evaluation = evaluate(cfg)
+    write_evaluation(evaluation, out_dir)
+    page = write_report(evaluation, out_dir, _config_shown(evaluation, cfg))
+    metrics = evaluation.metrics
     if not is_quiet():
         out = console()
         if not out.is_terminal:  # logs and pipes: keep each table row on one line
             out.width = max(out.width, 150)
+        if metrics["provenance"]["synthetic_demo"]:
+            out.print(DEMO_BANNER)
         table = Table(title=f"{metrics['split']} split, {metrics['level']} level", show_lines=False)
         for h in TABLE_HEADER:
             table.add_column(h, justify="left" if h == "label" else "right")
         for row in metric_rows(metrics):
             table.add_row(*row)
-        out.print(f"label policy: {policy_text(metrics['label_policy'])} (uncertain excluded)")
+        out.print(f"protocol: {protocol_text(metrics)}")
         out.print(table)
+        out.print(left_out_text(metrics))
+        boot = metrics["bootstrap"]
+        out.print(
+            f"intervals: {boot['n']} patient resamples (seed {boot['seed']}); "
+            f"rows fingerprint {metrics['rows_fingerprint'][:16]}"
+        )
         if metrics.get("note"):
             out.print(metrics["note"])
-        out.print(f"report: {cfg.out_dir() / 'report.html'}")
+        out.print(f"report: {page}")
     return 0
+
+
+def _config_shown(evaluation, cfg) -> dict:
+    """The run's configuration as the report shows it (no path that could name a patient)."""
+    import dataclasses
+
+    shown = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    shown["model"] = evaluation.metrics.get("model")
+    return shown

@@ -1,0 +1,78 @@
+"""The evaluated units of a split and their targets under a protocol (pure table logic).
+
+A unit is a study (its images' mean probability is scored against the study's labels: MIMIC-CXR
+labels are per study) or an image. Each unit keeps its patient, in memory only, so intervals can
+resample patients; nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from cxr.core.errors import InputError
+from cxr.evaluation.protocol import Protocol
+from cxr.stats.metrics import eval_targets
+
+
+def unit_keys(level: str) -> list[str]:
+    return ["study_id"] if level == "study" else ["study_id", "dicom_id"]
+
+
+def unit_rows(rows: pl.DataFrame, labels: Sequence[str], level: str) -> pl.DataFrame:
+    """One row per unit, sorted by its keys: the keys, `subject_id` and the raw label columns.
+
+    `rows` are manifest image rows (every image of a study carries the study's labels).
+    """
+    keys = unit_keys(level)
+    cols = [*keys, "subject_id", *labels]
+    if level == "image":
+        return rows.select(cols).sort(keys)
+    return rows.group_by("study_id", maintain_order=True).first().select(cols).sort("study_id")
+
+
+def targets(
+    units: pl.DataFrame,
+    labels: Sequence[str],
+    protocol: Protocol,
+    radiologist: pl.DataFrame | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(y (n, L) targets with NaN where excluded, covered (n,) bool) for the units.
+
+    CheXpert: every unit is covered. Radiologist: `radiologist` is the radiologists' table
+    (`study_id` and the label columns it has); units of studies it lacks are not covered, and a
+    label it lacks is excluded for every unit.
+    """
+    if protocol.labels == "chexpert":
+        raw = units.select(labels).to_numpy().astype(np.float64)
+        return eval_targets(raw, protocol.uncertain), np.ones(units.height, dtype=bool)
+    if radiologist is None:
+        raise ValueError("the radiologist protocol needs the radiologists' table")
+    from cxr.mimic.radiologist import radiologist_targets
+
+    # Blank and "study not in the file" are both NaN in the raw values: coverage tells them apart.
+    covered = np.isin(units["study_id"].to_numpy(), radiologist["study_id"].to_numpy())
+    y = eval_targets(radiologist_targets(units, radiologist, labels), protocol.uncertain)
+    y[~covered] = np.nan
+    for j, lab in enumerate(labels):
+        if lab not in radiologist.columns:
+            y[:, j] = np.nan
+    return y, covered
+
+
+def load_radiologist_table(raw_dir: Path) -> pl.DataFrame:
+    """The radiologists' labels found at the raw root, under CheXpert label names."""
+    from cxr.mimic.radiologist import find_radiologist_csv, read_radiologist_labels
+
+    path = find_radiologist_csv(raw_dir)
+    if path is None:
+        from cxr.mimic.schema import RADIOLOGIST_CSV
+
+        raise InputError(
+            f"{raw_dir / RADIOLOGIST_CSV}: radiologist labels not found "
+            "(MIMIC-CXR-JPG 2.1.0: `cxr download metadata --version 2.1.0`)"
+        )
+    return read_radiologist_labels(path).table
