@@ -211,7 +211,7 @@ th,td{padding:3px 8px;border-bottom:1px solid #e4e4e4;text-align:right}
 th{background:#f3f5f7} td:first-child,th:first-child{text-align:left}
 tr.avg td{font-weight:600;background:#fafafa} tr.flag td{color:#8a6d00}
 .banner{background:#b3261e;color:#fff;padding:10px 14px;font-size:16px;font-weight:600;border-radius:4px}
-.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px} table.prov th{text-align:left}
+.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px} table.prov th,table.prov td{text-align:left} td{white-space:nowrap}
 .note{background:#fff7e0;border-left:4px solid #f0b400;padding:6px 10px;font-size:13px}
 .muted{color:#777} img.fig{max-width:100%;border:1px solid #eee}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}
