@@ -79,6 +79,8 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
     """Images in the split file joined to their metadata by dicom_id.
 
     One full join classifies every image at once: in both, only in split, only in metadata.
+    That the two files agree on each shared image's study and patient is checked by
+    `load_tables` (`tables.check_split_metadata_agree`, which `cxr verify` runs too).
     """
     meta = tables.metadata.select(
         "dicom_id",
@@ -101,15 +103,6 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
         df.filter(~in_split).with_columns(pl.col("_meta_study").alias("study_id")),
     )
     df = df.filter(in_meta & in_split)
-    mismatch = df.filter(
-        (pl.col("study_id") != pl.col("_meta_study"))
-        | (pl.col("subject_id") != pl.col("_meta_subject"))
-    )
-    if mismatch.height:
-        raise InputError(
-            f"{tables.paths['split']}: image {mismatch['dicom_id'][0]} has a different study or "
-            f"patient in {tables.paths['metadata'].name} ({mismatch.height} image(s) disagree)"
-        )
     return df.drop("_meta_study", "_meta_subject", "_in_meta", "_in_split")
 
 
@@ -150,27 +143,15 @@ def assign_views(
     return kept.drop("ViewPosition", "ViewCodeSequence_CodeMeaning"), inferred
 
 
-def attach_labels(
-    df: pl.DataFrame, chexpert: pl.DataFrame, excl: Exclusions, source: Path | str = "chexpert"
-) -> pl.DataFrame:
+def attach_labels(df: pl.DataFrame, chexpert: pl.DataFrame, excl: Exclusions) -> pl.DataFrame:
     """Labels are per study: every image of a study gets the study's one row.
 
-    The row must be the same patient's: a study_id whose label row names another subject_id is a
-    broken file, not a label to borrow.
+    That the row is filed under the same patient is checked by `load_tables`
+    (`tables.check_label_subjects`, which `cxr verify` runs too).
     """
-    labels = chexpert.select(
-        "study_id", pl.col("subject_id").alias("_label_subject"), *schema.LABELS
-    )
+    labels = chexpert.select("study_id", *schema.LABELS)
     excl.add("no_label_row", df.join(labels, on="study_id", how="anti"))
-    df = df.join(labels, on="study_id", how="inner")
-    mismatch = df.filter(pl.col("_label_subject") != pl.col("subject_id"))
-    if mismatch.height:
-        studies = mismatch["study_id"].unique().sort()
-        raise InputError(
-            f"{source}: study {studies[0]} has its label row under another patient than in the "
-            f"split file ({studies.len()} stud{'y' if studies.len() == 1 else 'ies'} disagree)"
-        )
-    return df.drop("_label_subject")
+    return df.join(labels, on="study_id", how="inner")
 
 
 def unused_label_rows(chexpert: pl.DataFrame, split: pl.DataFrame) -> int:
@@ -286,10 +267,11 @@ class ManifestResult:
 
 
 def build_manifest(tables: RawTables, cfg: ManifestConfig) -> ManifestResult:
+    """The selection over tables as `load_tables` returns them (read, checked and typed)."""
     excl = Exclusions()
     df = join_images(tables, excl)
     df, inferred = assign_views(df, cfg.views, cfg.infer_missing_views, excl)
-    df = attach_labels(df, tables.chexpert, excl, tables.paths.get("chexpert", "chexpert"))
+    df = attach_labels(df, tables.chexpert, excl)
     df, notes = select_studies(df, cfg.n_studies, cfg.seed, excl)
     if df.height == 0:
         raise InputError(f"{cfg.raw}: no image is left after selection (views {list(cfg.views)})")

@@ -197,11 +197,75 @@ def check_patient_splits(split: pl.DataFrame, file: str) -> list[Problem]:
     ]
 
 
+def check_split_metadata_agree(
+    split: pl.DataFrame, meta: pl.DataFrame, file: str, meta_file: str
+) -> list[Problem]:
+    """An image listed in both files must have the same study and patient in each: the manifest
+    joins them by dicom_id and would otherwise file the image under the wrong study."""
+    cols = {"dicom_id", "study_id", "subject_id"}
+    if not (cols <= set(split.columns) and cols <= set(meta.columns)):
+        return []
+    both = split.select("dicom_id", "study_id", "subject_id", LINE).join(
+        meta.select(
+            "dicom_id",
+            pl.col("study_id").alias("_meta_study"),
+            pl.col("subject_id").alias("_meta_subject"),
+        ),
+        on="dicom_id",
+        how="inner",
+    )
+    differ = both.filter(
+        (pl.col("study_id") != pl.col("_meta_study"))
+        | (pl.col("subject_id") != pl.col("_meta_subject"))
+    ).sort(LINE)
+    if differ.height == 0:
+        return []
+    first = differ.row(0, named=True)
+    # Name the column that differs; never show the subject_id values themselves.
+    column = "study_id" if first["study_id"] != first["_meta_study"] else "subject_id"
+    return _first(
+        file,
+        differ,
+        column,
+        f"image {first['dicom_id']} has another study or patient in {Path(meta_file).name}",
+    )
+
+
+def check_label_subjects(chexpert: pl.DataFrame, split: pl.DataFrame, file: str) -> list[Problem]:
+    """A study's label row must be filed under the patient the split file gives the study: a row
+    under another subject_id is a broken file, not a label to borrow."""
+    if not (
+        {"subject_id", "study_id"} <= set(chexpert.columns)
+        and {"subject_id", "study_id"} <= set(split.columns)
+    ):
+        return []
+    studies = split.select("study_id", pl.col("subject_id").alias("_split_subject")).unique()
+    differ = (
+        chexpert.select("study_id", "subject_id", LINE)
+        .join(studies, on="study_id", how="inner")
+        .filter(pl.col("subject_id") != pl.col("_split_subject"))
+        .unique(subset="study_id", keep="first")
+        .sort(LINE)
+    )
+    if differ.height == 0:
+        return []
+    return _first(
+        file,
+        differ,
+        "subject_id",
+        f"study {differ['study_id'][0]} has its label row under another patient than in the "
+        "split file",
+    )
+
+
 def check_all(
     frames: dict[str, pl.DataFrame], names: dict[str, str], cross: bool = True
 ) -> list[Problem]:
     """Every schema check over whichever of the three frames were read.
 
+    The cross-file checks that the manifest relies on (the same image under the same study and
+    patient in split and metadata; each label row under its study's patient) always run, so
+    `cxr verify` rejects exactly what `cxr manifest` rejects.
     cross: also report split rows whose image is absent from the metadata (the manifest counts
     those as an exclusion itself, so it skips this check).
     """
@@ -228,8 +292,16 @@ def check_all(
     if "split" in frames:
         problems += check_split_values(frames["split"], names["split"])
         problems += check_patient_splits(frames["split"], names["split"])
-        if cross and "metadata" in frames:
-            problems += check_split_in_metadata(frames["split"], frames["metadata"], names["split"])
+        if "metadata" in frames:
+            problems += check_split_metadata_agree(
+                frames["split"], frames["metadata"], names["split"], names["metadata"]
+            )
+            if cross:
+                problems += check_split_in_metadata(
+                    frames["split"], frames["metadata"], names["split"]
+                )
+        if "chexpert" in frames:
+            problems += check_label_subjects(frames["chexpert"], frames["split"], names["chexpert"])
     return problems
 
 
