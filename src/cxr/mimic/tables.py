@@ -118,7 +118,8 @@ def check_ids(df: pl.DataFrame, file: str) -> list[Problem]:
     return problems
 
 
-_LABEL_TEXT = {"1.0", "0.0", "-1.0", "1", "0", "-1"}
+# How the CSVs may write each value of schema.LABEL_VALUES: "1.0" or "1", and so on.
+_LABEL_TEXT = {str(v) for v in schema.LABEL_VALUES} | {f"{v:g}" for v in schema.LABEL_VALUES}
 
 
 def check_labels(df: pl.DataFrame, file: str) -> list[Problem]:
