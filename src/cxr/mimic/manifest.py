@@ -23,7 +23,14 @@ from cxr.core.atomic import atomic_path, write_text_atomic
 from cxr.core.errors import InputError
 from cxr.core.hashing import file_sha256
 from cxr.mimic import schema
-from cxr.mimic.tables import RawTables, load_tables
+from cxr.mimic.tables import (
+    LINE,
+    META_STUDY,
+    META_SUBJECT,
+    RawTables,
+    load_tables,
+    split_metadata_disagreements,
+)
 
 MANIFEST_JSON = "manifest.json"
 BASE_COLUMNS = (
@@ -78,14 +85,14 @@ class Exclusions:
 def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
     """Images in the split file joined to their metadata by dicom_id.
 
-    One full join classifies every image at once: in both, only in split, only in metadata.
-    That the two files agree on each shared image's study and patient is checked by
-    `load_tables` (`tables.check_split_metadata_agree`, which `cxr verify` runs too).
+    One full join classifies every image at once: in both, only in split, only in metadata. An
+    image whose study or patient differs between the two files is an error
+    (`split_metadata_disagreements`, which `cxr verify` runs too).
     """
     meta = tables.metadata.select(
         "dicom_id",
-        pl.col("study_id").alias("_meta_study"),
-        pl.col("subject_id").alias("_meta_subject"),
+        pl.col("study_id").alias(META_STUDY),
+        pl.col("subject_id").alias(META_SUBJECT),
         "ViewPosition",
         "ViewCodeSequence_CodeMeaning",
         pl.col("Rows").alias("rows"),
@@ -93,17 +100,22 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
         pl.lit(True).alias("_in_meta"),
     )
     split = tables.split.select(
-        "dicom_id", "study_id", "subject_id", "split", pl.lit(True).alias("_in_split")
+        "dicom_id", "study_id", "subject_id", "split", LINE, pl.lit(True).alias("_in_split")
     )
     df = split.join(meta, on="dicom_id", how="full", coalesce=True)
     in_meta, in_split = pl.col("_in_meta").is_not_null(), pl.col("_in_split").is_not_null()
     excl.add("split_row_not_in_metadata", df.filter(~in_meta))
     excl.add(
         "metadata_image_not_in_split",
-        df.filter(~in_split).with_columns(pl.col("_meta_study").alias("study_id")),
+        df.filter(~in_split).with_columns(pl.col(META_STUDY).alias("study_id")),
     )
     df = df.filter(in_meta & in_split)
-    return df.drop("_meta_study", "_meta_subject", "_in_meta", "_in_split")
+    problems = split_metadata_disagreements(
+        df, str(tables.paths["split"]), str(tables.paths["metadata"])
+    )
+    if problems:
+        raise InputError(str(problems[0]))
+    return df.drop(META_STUDY, META_SUBJECT, LINE, "_in_meta", "_in_split")
 
 
 _MEANING_TO_VIEW = {meaning.lower(): view for view, meaning in schema.VIEW_CODE_MEANINGS.items()}
@@ -146,8 +158,8 @@ def assign_views(
 def attach_labels(df: pl.DataFrame, chexpert: pl.DataFrame, excl: Exclusions) -> pl.DataFrame:
     """Labels are per study: every image of a study gets the study's one row.
 
-    That the row is filed under the same patient is checked by `load_tables`
-    (`tables.check_label_subjects`, which `cxr verify` runs too).
+    That the row is filed under the study's patient is checked by `load_tables`
+    (`check_label_subjects`, which `cxr verify` runs too).
     """
     labels = chexpert.select("study_id", *schema.LABELS)
     excl.add("no_label_row", df.join(labels, on="study_id", how="anti"))
