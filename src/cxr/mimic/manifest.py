@@ -218,12 +218,23 @@ def add_paths(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(image_path.alias("image_path"))
 
 
-def attach_reports(df: pl.DataFrame, raw: Path, require: bool, excl: Exclusions) -> pl.DataFrame:
-    """report_path and the main sections, when reports have been downloaded (null otherwise)."""
-    from cxr.mimic.reports import report_columns
+def attach_reports(
+    df: pl.DataFrame,
+    raw: Path,
+    require: bool,
+    excl: Exclusions,
+    reports_table: Path | None = None,
+) -> pl.DataFrame:
+    """report_path and the main sections, when reports have been downloaded (null otherwise).
+
+    With `reports_table`, the sections come from the reports table there (`cxr reports`' table:
+    reused when fresh, else built and written there); without, the studies' reports are parsed
+    and nothing is written.
+    """
+    from cxr.mimic.report_table import manifest_report_columns
 
     studies = df.select("subject_id", "study_id").unique().sort("study_id")
-    cols = report_columns(raw, studies)
+    cols = manifest_report_columns(raw, studies, reports_table)
     df = df.join(cols, on="study_id", how="left")
     if require:
         excl.add("no_report", df.filter(pl.col("report_path").is_null()))
@@ -278,8 +289,14 @@ class ManifestResult:
     info: dict
 
 
-def build_manifest(tables: RawTables, cfg: ManifestConfig) -> ManifestResult:
-    """The selection over tables as `load_tables` returns them (read, checked and typed)."""
+def build_manifest(
+    tables: RawTables, cfg: ManifestConfig, reports_table: Path | None = None
+) -> ManifestResult:
+    """The selection over tables as `load_tables` returns them (read, checked and typed).
+
+    Writes nothing, except the reports table at `reports_table` when one is given and it is not
+    fresh (see `attach_reports`).
+    """
     excl = Exclusions()
     df = join_images(tables, excl)
     df, inferred = assign_views(df, cfg.views, cfg.infer_missing_views, excl)
@@ -288,7 +305,7 @@ def build_manifest(tables: RawTables, cfg: ManifestConfig) -> ManifestResult:
     if df.height == 0:
         raise InputError(f"{cfg.raw}: no image is left after selection (views {list(cfg.views)})")
     df = add_paths(df)
-    df = attach_reports(df, Path(cfg.raw), cfg.require_reports, excl)
+    df = attach_reports(df, Path(cfg.raw), cfg.require_reports, excl, reports_table)
     df = order_columns(df)
     missing_splits = [
         s for s in ("validate", "test") if df.filter(pl.col("split") == s).height == 0
@@ -335,8 +352,13 @@ def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTable
 
 
 def make_manifest(cfg: ManifestConfig) -> tuple[ManifestResult, dict]:
+    """Read and check the CSVs, select, write the manifest. The report sections come from the
+    reports table beside the manifest (REPORTS_TABLE), which `cxr reports` writes too: reused
+    when fresh, else built and written, so reports are sectioned once for both commands."""
+    from cxr.mimic.report_table import REPORTS_TABLE
+
     tables = load_tables(Path(cfg.raw))
-    result = build_manifest(tables, cfg)
+    result = build_manifest(tables, cfg, Path(cfg.out).parent / REPORTS_TABLE)
     info = write_manifest(result, cfg, tables)
     return result, info
 
