@@ -568,8 +568,8 @@ def _part_size(part: Path) -> int:
 
 
 class Fetcher:
-    """Holds the HTTP session (made on first use, so a run with nothing to fetch needs no
-    credentials) and fetches files into `.part` then their final name."""
+    """Holds the HTTP session (made on first use: credentials are asked for only once the
+    destination has been checked) and fetches files into `.part` then their final name."""
 
     def __init__(
         self,
