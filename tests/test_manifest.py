@@ -366,3 +366,13 @@ def test_label_rows_without_images_are_counted(tmp_path):
     assert 50000099 not in result.manifest["study_id"].to_list()
     _, clean = build(tmp_path / "clean")
     assert clean["label_rows_without_images"] == 0
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    raw = write_raw(tmp_path / "raw", make_frames())
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "adir", tmp_path / "afile" / "manifest.parquet"):
+        rc = main(["manifest", "--raw", str(raw), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and "cannot write" in err, err

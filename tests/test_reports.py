@@ -643,3 +643,17 @@ def test_report_table_errors_are_one_line(tmp_path, capsys):
     assert rc == 1 and "must not end in .json" in err and err.count("\n") == 1
     rc = main(["reports", "--raw", str(raw), "--workers", "0", "--out", str(tmp_path / "t")])
     assert rc == 1 and "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_output_paths_that_cannot_be_written_are_one_line(tmp_path, capsys):
+    raw = _raw_with_reports(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for extra in (
+        ["--out", str(tmp_path / "adir")],
+        ["--out", str(tmp_path / "afile" / "t.parquet")],
+        ["--out", str(tmp_path / "t.parquet"), "--csv", str(tmp_path / "adir")],
+    ):
+        assert main(["reports", "--raw", str(raw), "--workers", "1", *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot write" in err and "Traceback" not in err

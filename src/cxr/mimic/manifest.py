@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from cxr import __version__
-from cxr.core.atomic import atomic_path, write_text_atomic
+from cxr.core.atomic import atomic_path, output_errors, write_text_atomic
 from cxr.core.errors import InputError
 from cxr.core.hashing import file_sha256
 from cxr.mimic import schema
@@ -334,7 +334,7 @@ def build_manifest(
 def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTables) -> dict:
     """Parquet then manifest.json, each atomically; returns the json written."""
     out = Path(cfg.out)
-    with atomic_path(out) as tmp:
+    with output_errors(out), atomic_path(out) as tmp:
         result.manifest.write_parquet(tmp, compression="zstd", statistics=True)
         digest = file_sha256(tmp)
     info = {
@@ -347,7 +347,8 @@ def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTable
         },
         **result.info,
     }
-    write_text_atomic(out.parent / MANIFEST_JSON, json.dumps(info, indent=2) + "\n")
+    with output_errors(out.parent / MANIFEST_JSON):
+        write_text_atomic(out.parent / MANIFEST_JSON, json.dumps(info, indent=2) + "\n")
     return info
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 from cxr import __version__
-from cxr.core.atomic import atomic_path, write_text_atomic
+from cxr.core.atomic import atomic_path, output_errors, write_text_atomic
 from cxr.core.errors import InputError
 from cxr.core.hashing import file_sha256
 from cxr.mimic.reports import SECTIONS, labeler_text, report_columns, report_files, section_files
@@ -169,11 +169,12 @@ def write_report_table(
 ) -> None:
     """The table, then its sidecar, each atomically: a sidecar always describes a whole table,
     and one left from an earlier table no longer matches its SHA-256."""
-    with atomic_path(path) as tmp:
+    with output_errors(path), atomic_path(path) as tmp:
         result.table.write_parquet(tmp)
         digest = file_sha256(tmp)
     meta = _sidecar(Path(raw), scan, digest, result.summary)
-    write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
+    with output_errors(sidecar_path(path)):
+        write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
 
 
 def load_report_table(
@@ -254,7 +255,11 @@ def manifest_report_columns(
 
 def write_sectioned_csv(table: pl.DataFrame, path: str | os.PathLike[str]) -> None:
     """The official `mimic_cxr_sectioned.csv` layout: `study` is `s<study_id>`, missing is ``."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with (
+        output_errors(path),
+        atomic_path(path) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as f,
+    ):
         writer = csv.writer(f)
         writer.writerow(SECTIONED_CSV_COLUMNS)
         rows = table.select("study_id", *SECTIONED_CSV_COLUMNS[1:]).iter_rows()
