@@ -30,8 +30,11 @@ from cxr.mimic import schema
 from cxr.mimic.download import (
     METADATA_FILES,
     REPORTS_SUMS,
+    Credentials,
     DownloadConfig,
     Fetcher,
+    Item,
+    _FileFailed,
     check_base_url,
     display_path,
     download_metadata,
@@ -107,12 +110,23 @@ class FakePhysioNet:
     """Serves /jpg/ and /reports/ trees with basic auth, Range and per-path faults.
 
     faults[url_path] is a list consumed one per request: "503", "slow", "reset" (half the body,
-    then a TCP reset). deny[prefix] answers every request under it with that status (403...).
+    then a TCP reset), "endless" (no Content-Length, then bytes until the client hangs up or
+    ENDLESS_CAP is sent). deny[prefix] answers every request under it with that status (403...).
+    `more` adds trees under other prefixes (another version of a project).
     """
 
-    def __init__(self, jpg: dict[str, bytes], reports: dict[str, bytes]) -> None:
+    ENDLESS_CAP = 64 << 20
+
+    def __init__(
+        self,
+        jpg: dict[str, bytes],
+        reports: dict[str, bytes],
+        more: dict[str, dict[str, bytes]] | None = None,
+    ) -> None:
         self.files: dict[str, bytes] = {}
-        for prefix, tree in (("/jpg/", jpg), ("/reports/", reports)):
+        self.endless_sent = 0
+        trees = [("/jpg/", jpg), ("/reports/", reports), *(more or {}).items()]
+        for prefix, tree in trees:
             for rel, data in tree.items():
                 self.files[prefix + rel] = data
             self.files[prefix + schema.SHA256SUMS] = listing_text(tree).encode()
@@ -174,6 +188,20 @@ def _handler(fake: FakePhysioNet):
                 return self._empty(503, {"Retry-After": "0"})
             if fault == "slow":
                 time.sleep(fake.slow_s)
+            if fault == "endless":
+                # A close-delimited body that never ends: no Content-Length, no chunking.
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                block = b"\0" * 65536
+                try:
+                    while fake.endless_sent < fake.ENDLESS_CAP:
+                        self.wfile.write(block)
+                        fake.endless_sent += len(block)
+                except OSError:
+                    pass
+                return
             data = fake.files.get(path)
             if data is None:
                 return self._empty(404)
@@ -437,7 +465,8 @@ def test_metadata_then_second_run_fetches_nothing(server, tree, tmp_path, capsys
     assert len(server.log) == 4
     server.log.clear()
     assert cli(tmp_path, "metadata", "--base-url", base) == 0
-    assert server.log == []
+    # The listing is fetched again (a local one is never trusted), nothing else.
+    assert server.log == [("/jpg/SHA256SUMS.txt", None)]
     out = capsys.readouterr()
     assert "3 already present" in out.out
     assert_clean(dest, jpg)
@@ -480,7 +509,7 @@ def test_subset_survives_faults_and_second_run_fetches_nothing(
     } | {"/reports/" + r for r in reports}
     server.log.clear()
     again = download_subset(fast_cfg)
-    assert server.log == []
+    assert sorted(p for p, _ in server.log) == ["/jpg/SHA256SUMS.txt", "/reports/SHA256SUMS.txt"]
     assert (again.fetched, again.skipped, again.failed) == (0, len(expected), [])
     assert_no_secret(tmp_path, caplog.text)
 
@@ -580,16 +609,14 @@ def test_wrong_credentials_give_one_clear_line(server, tmp_path, monkeypatch, ca
             assert wrong.encode() not in path.read_bytes()
 
 
-def test_wrong_credentials_during_subset_stop_that_project(server, tree, fast_cfg, monkeypatch):
-    # The listing is already here (from `metadata`), so the first 401 comes on a file.
-    jpg, _, _ = tree
-    fast_cfg.dest.mkdir(parents=True)
-    (fast_cfg.dest / schema.SHA256SUMS).write_text(listing_text(jpg))
-    monkeypatch.setenv("PHYSIONET_PASSWORD", "nope")
+def test_wrong_credentials_during_subset_stop_that_project(server, tree, fast_cfg):
+    # The listing is served, the files answer 401: the first 401 comes on a file.
+    server.deny["/jpg/files/"] = 401
     summary = download_subset(DownloadConfig(**{**fast_cfg.__dict__, "reports": False}))
     assert summary.failed and all("HTTP 401" in why for _, why in summary.failed)
     # one 401 per worker at most, not one per file
-    assert len(server.log) <= fast_cfg.workers
+    files = [p for p, _ in server.log if p.startswith("/jpg/files/")]
+    assert 0 < len(files) <= fast_cfg.workers
     assert not list(fast_cfg.dest.rglob("*.jpg"))
 
 
@@ -648,14 +675,19 @@ def test_missing_manifest_is_one_line(tmp_path, capsys):
     assert "manifest not found" in err and len(err.strip().splitlines()) == 1
 
 
-def test_nothing_to_fetch_needs_no_credentials(server, tree, fast_cfg, monkeypatch):
+def test_rerun_with_everything_present_fetches_only_the_listings(server, tree, fast_cfg):
     assert download_subset(fast_cfg).failed == []
-    monkeypatch.delenv("PHYSIONET_USERNAME")
-    monkeypatch.delenv("PHYSIONET_PASSWORD")
     server.log.clear()
-    fetcher = Fetcher(fast_cfg, credentials=lambda: pytest.fail("credentials asked for"))
-    assert download_subset(fast_cfg, fetcher).skipped > 0
-    assert server.log == []
+    asked = []
+
+    def creds():
+        asked.append(1)
+        return Credentials(USER, PASSWORD, "test")
+
+    again = download_subset(fast_cfg, Fetcher(fast_cfg, credentials=creds))
+    assert again.fetched == 0 and again.failed == [] and again.skipped > 0
+    assert sorted(p for p, _ in server.log) == ["/jpg/SHA256SUMS.txt", "/reports/SHA256SUMS.txt"]
+    assert asked == [1]
 
 
 def test_netrc_credentials_work_end_to_end(server, tmp_path, monkeypatch):
@@ -711,3 +743,225 @@ def test_http_debug_logs_mask_subject_folder(caplog):
     with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
         logger.debug('"GET %s HTTP/1.1" 200 10', "/files/p10/p10000032/s50414267/x.jpg")
     assert "10000032" not in caplog.text and "p********" in caplog.text
+
+
+# --------------------------------------------------------------------------- local failures
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_broken_dest_symlink_fails_at_once_naming_the_path(server, tmp_path, capsys):
+    dest = tmp_path / "raw"
+    dest.symlink_to(tmp_path / "gone")
+    t0 = time.monotonic()
+    # The default retries and back-off: a local error must not go through them.
+    code = cli(tmp_path, "metadata", "--dest", str(dest), "--base-url", server.url("/jpg/"))
+    assert code == 1
+    assert time.monotonic() - t0 < 3
+    line = _one_line(capsys.readouterr().err)
+    assert str(dest) in line and "broken symbolic link" in line
+    assert "tries" not in line
+    assert server.log == []
+
+
+def test_dest_that_is_a_file_is_one_line(server, tmp_path, capsys):
+    dest = tmp_path / "raw"
+    dest.write_text("not a folder")
+    code = cli(tmp_path, "metadata", "--dest", str(dest), "--base-url", server.url("/jpg/"))
+    assert code == 1
+    line = _one_line(capsys.readouterr().err)
+    assert str(dest) in line and "not a directory" in line
+    assert server.log == [] and dest.read_text() == "not a folder"
+
+
+def test_local_error_inside_dest_fails_each_file_at_once(server, tree, fast_cfg):
+    """files/ is a regular file: no image can be written, and no request is made for one."""
+    _, _, rows = tree
+    fast_cfg.dest.mkdir(parents=True)
+    (fast_cfg.dest / "files").write_text("x")
+    t0 = time.monotonic()
+    summary = download_subset(DownloadConfig(**{**fast_cfg.__dict__, "reports": False}))
+    assert time.monotonic() - t0 < 3
+    assert len(summary.failed) == len(rows)
+    for shown, why in summary.failed:
+        assert "not a directory" in why and "tries" not in why, why
+        assert "p********" in why and "p********" in shown
+        for subject in SUBJECTS:
+            assert str(subject) not in why + shown
+    assert [p for p, _ in server.log] == ["/jpg/SHA256SUMS.txt"]
+
+
+def test_disk_full_fails_the_file_at_once(server, tree, fast_cfg):
+    _, _, rows = tree
+    rel = rows[0][3]
+    part = fast_cfg.dest / (rel + ".part")
+    part.parent.mkdir(parents=True)
+    part.symlink_to("/dev/full")  # every write: ENOSPC
+    summary = download_subset(DownloadConfig(**{**fast_cfg.__dict__, "workers": 1}))
+    why = dict(summary.failed)[display_path(rel)]
+    assert "No space left on device" in why and "tries" not in why
+    assert display_path(str(part)) in why
+    assert len(server.requests_for("/jpg/" + rel)) == 1
+
+
+# --------------------------------------------------------------------------- hostile servers
+
+
+def test_endless_body_fails_the_file_at_once(server, tree, fast_cfg):
+    _, _, rows = tree
+    rel = rows[0][3]
+    server.faults["/jpg/" + rel] = ["endless"] * 5
+    cfg = DownloadConfig(**{**fast_cfg.__dict__, "max_file_bytes": 1 << 20, "reports": False})
+    summary = download_subset(cfg)
+    assert server.requests_for("/jpg/" + rel) == [None]  # neither retried nor fetched twice
+    why = dict(summary.failed)[display_path(rel)]
+    assert "more than" in why
+    assert server.endless_sent < 16 << 20
+    assert not (fast_cfg.dest / rel).exists()
+    assert not (fast_cfg.dest / (rel + ".part")).exists()
+    # the other files are unaffected
+    assert summary.fetched == len(rows) - 1
+
+
+def test_body_longer_than_the_listed_size_fails_at_once(server, tree, fast_cfg):
+    jpg, _, rows = tree
+    rel = rows[0][3]
+    data = jpg[rel]
+    fetcher = Fetcher(fast_cfg)
+    fast_cfg.dest.mkdir(parents=True)
+    item = Item(rel, server.url("/jpg/") + rel, sha(data), "MIMIC-CXR-JPG", size=len(data) - 1)
+    with pytest.raises(_FileFailed, match="more than"):
+        fetcher.fetch(item, fast_cfg.dest)
+    assert len(server.requests_for("/jpg/" + rel)) == 1
+    assert not (fast_cfg.dest / (rel + ".part")).exists()
+    fetcher.close()
+
+
+def test_group_readable_netrc_warns_in_one_line(tmp_path, capsys):
+    rc = tmp_path / "netrc"
+    rc.write_text(f"machine physionet.org login login-Qx7 password {PASSWORD}\n")
+    rc.chmod(0o644)
+    c = resolve_credentials("https://physionet.org/", env={}, netrc_path=rc, interactive=False)
+    assert (c.username, c.password) == ("login-Qx7", PASSWORD)
+    err = capsys.readouterr().err
+    line = _one_line(err)
+    assert str(rc) in line and "0644" in line and "chmod 600" in line
+    assert PASSWORD not in err and "login-Qx7" not in err
+    rc.chmod(0o600)
+    resolve_credentials("https://physionet.org/", env={}, netrc_path=rc, interactive=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_subset_accepts_a_report_at_the_guides_place(server, tree, fast_cfg):
+    _, reports, _ = tree
+    assert download_subset(fast_cfg).failed == []
+    official = next(iter(reports))
+    subject_dir, name = official.rsplit("/", 1)
+    guide = f"{subject_dir}/{name[:-4]}/{name}"
+    dest = fast_cfg.dest
+    (dest / guide).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(dest / official, dest / guide)
+    server.log.clear()
+    again = download_subset(fast_cfg)
+    assert again.failed == [] and again.fetched == 0
+    assert server.requests_for("/reports/" + official) == []
+    assert not (dest / official).exists()
+    # A wrong file at the guide's place does not count: the report is fetched again.
+    (dest / guide).write_bytes(b"wrong")
+    third = download_subset(fast_cfg)
+    assert third.fetched == 1 and (dest / official).read_bytes() == reports[official]
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def _tree_2_1_0(jpg: dict[str, bytes]) -> dict[str, bytes]:
+    labelled = ",".join(["study_id", *schema.LABELS]) + "\n50000000" + ",1.0" * 14 + "\n"
+    return {**jpg, schema.RADIOLOGIST_CSV: labelled.encode()}
+
+
+def test_metadata_of_version_2_1_0(tree, tmp_path, capsys):
+    jpg, reports, rows = tree
+    v210 = _tree_2_1_0(jpg)
+    fake = FakePhysioNet(jpg, reports, more={"/jpg210/": v210})
+    fake.start()
+    try:
+        base = fake.url("/jpg210/")
+        assert cli(tmp_path, "metadata", "--version", "2.1.0", "--base-url", base) == 0
+        dest = tmp_path / "raw"
+        wanted = [*METADATA_FILES, schema.RADIOLOGIST_CSV]
+        for name in wanted:
+            assert (dest / name).read_bytes() == v210[name], name
+        assert fake.log[0][0] == "/jpg210/SHA256SUMS.txt"
+        assert sorted(p for p, _ in fake.log[1:]) == sorted(f"/jpg210/{n}" for n in wanted)
+        # subset takes --version too; images are the same files
+        write_manifest(tmp_path / "processed" / "manifest.parquet", rows)
+        fake.log.clear()
+        code = cli(tmp_path, "subset", "--version", "2.1.0", "--base-url", base, "--no-reports")
+        assert code == 0
+        assert {p for p, _ in fake.log} == {"/jpg210/SHA256SUMS.txt"} | {
+            "/jpg210/" + r[3] for r in rows
+        }
+        # A tampered labelled test set is caught by the checksum like any file.
+        fake.files["/jpg210/" + schema.RADIOLOGIST_CSV] = b"study_id\n1\n"
+        (dest / schema.RADIOLOGIST_CSV).unlink()
+        assert cli(tmp_path, "metadata", "--version", "2.1.0", "--base-url", base) == 1
+        assert "checksum mismatch" in capsys.readouterr().err
+    finally:
+        fake.stop()
+
+
+def test_version_picks_the_base_url_and_defaults_to_2_0_0(tmp_path):
+    from cxr.mimic.download import jpg_base_url, metadata_files
+
+    assert DownloadConfig(dest=tmp_path).version == "2.0.0"
+    assert jpg_base_url("2.1.0") == "https://physionet.org/files/mimic-cxr-jpg/2.1.0/"
+    assert jpg_base_url("2.0.0") == "https://physionet.org/files/mimic-cxr-jpg/2.0.0/"
+    assert schema.RADIOLOGIST_CSV not in metadata_files("2.0.0")
+    assert metadata_files("2.1.0") == (*METADATA_FILES, schema.RADIOLOGIST_CSV)
+    with pytest.raises(SystemExit):
+        cli(tmp_path, "metadata", "--version", "3.0.0")
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def test_a_local_checksum_listing_is_never_trusted(server, tree, tmp_path, monkeypatch, capsys):
+    """Forged CSVs with a matching forged SHA256SUMS.txt are not 'already present and verified'."""
+    jpg, _, _ = tree
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    forged = {name: b"forged " + name.encode() for name in METADATA_FILES}
+    for name, data in forged.items():
+        (dest / name).write_bytes(data)
+    (dest / schema.SHA256SUMS).write_text(listing_text(forged))
+    base = server.url("/jpg/")
+    monkeypatch.delenv("PHYSIONET_USERNAME")
+    monkeypatch.delenv("PHYSIONET_PASSWORD")
+    assert cli(tmp_path, "metadata", "--base-url", base) == 1
+    out = capsys.readouterr()
+    assert "already present" not in out.out and "no PhysioNet credentials" in out.err
+    monkeypatch.setenv("PHYSIONET_USERNAME", USER)
+    monkeypatch.setenv("PHYSIONET_PASSWORD", PASSWORD)
+    assert cli(tmp_path, "metadata", "--base-url", base) == 0
+    for name in METADATA_FILES:
+        assert (dest / name).read_bytes() == jpg[name]
+    assert (dest / schema.SHA256SUMS).read_bytes() == server.files["/jpg/SHA256SUMS.txt"]
+
+
+def test_the_demo_tree_is_refused(server, tree, tmp_path, capsys, make_demo):
+    _, _, rows = tree
+    dest = tmp_path / "raw"
+    make_demo(dest, n_patients=3, image_size=32)
+    before = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*"))
+    write_manifest(tmp_path / "processed" / "manifest.parquet", rows)
+    for args in (("metadata",), ("subset", "--no-reports")):
+        assert cli(tmp_path, *args, "--base-url", server.url("/jpg/")) == 1
+        line = _one_line(capsys.readouterr().err)
+        assert "cxr demo" in line and "--dest" in line and str(dest) in line
+    assert server.log == []
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == before

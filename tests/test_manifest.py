@@ -320,7 +320,41 @@ def test_label_row_of_another_patient_is_an_error(tmp_path):
         .otherwise(pl.col("subject_id"))
         .alias("subject_id")
     )
-    _expect_error(tmp_path, f, r"chexpert\.csv\.gz: study 50000051 has its label row under another")
+    _expect_error(
+        tmp_path,
+        f,
+        r"chexpert\.csv\.gz: line 8: column 'subject_id': study 50000051 has its label row "
+        r"under another patient",
+    )
+
+
+def test_label_row_of_another_patient_is_an_error_whatever_the_view(tmp_path):
+    """The check covers every study of the split file, not only those of selected views: study
+    50000052 has a left-lateral image only, which the PA selection drops."""
+    f = make_frames()
+    f["chexpert"] = f["chexpert"].with_columns(
+        pl.when(pl.col("study_id") == "50000052")
+        .then(pl.lit("10000004"))
+        .otherwise(pl.col("subject_id"))
+        .alias("subject_id")
+    )
+    _expect_error(tmp_path, f, r"study 50000052 has its label row under another patient")
+
+
+def test_image_under_another_study_in_metadata_is_an_error(tmp_path):
+    f = make_frames()
+    f["metadata"] = f["metadata"].with_columns(
+        pl.when(pl.col("dicom_id") == dicom("03"))
+        .then(pl.lit("50000011"))
+        .otherwise(pl.col("study_id"))
+        .alias("study_id")
+    )
+    _expect_error(
+        tmp_path,
+        f,
+        rf"split\.csv\.gz: line 4: column 'study_id': image {dicom('03')} has another study or "
+        r"patient in mimic-cxr-2\.0\.0-metadata\.csv\.gz",
+    )
 
 
 def test_label_rows_without_images_are_counted(tmp_path):
@@ -332,3 +366,13 @@ def test_label_rows_without_images_are_counted(tmp_path):
     assert 50000099 not in result.manifest["study_id"].to_list()
     _, clean = build(tmp_path / "clean")
     assert clean["label_rows_without_images"] == 0
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    raw = write_raw(tmp_path / "raw", make_frames())
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "adir", tmp_path / "afile" / "manifest.parquet"):
+        rc = main(["manifest", "--raw", str(raw), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and "cannot write" in err, err

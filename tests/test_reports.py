@@ -503,3 +503,157 @@ def test_demo_reports_reproduce_generator(tmp_path):
         parsed = parse_report(read_report(raw / where[int(study_id)])[0])
         for name, text in written.items():
             assert parsed.get(name, "").split() == str(text).split(), (study_id, name)
+
+
+# -- one reports table for `cxr reports` and `cxr manifest` -------------------------------------
+
+
+def _raw_with_reports(tmp_path: Path) -> Path:
+    """The hand-made CSVs, with reports for four of their studies (one at the guide's place)."""
+    from rawtables import make_frames, write_raw
+
+    raw = write_raw(tmp_path / "raw", make_frames())
+    texts = {
+        "files/p10/p10000001/s50000011.txt": EXAMPLE.read_text(),
+        "files/p10/p10000001/s50000012/s50000012.txt": _report(
+            ("FINDINGS", "Clear."), ("IMPRESSION", "Normal.")
+        ),
+        "files/p10/p10000004/s50000041.txt": _report(("IMPRESSION", "Small effusion.")),
+        "files/p10/p10000005/s50000051.txt": _report(("FINDINGS", "Pneumothorax.")),
+    }
+    for rel, text in texts.items():
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (raw / rel).write_text(text)
+    return raw
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """Every report file sectioned in this process, in order (`--workers 1` keeps it here)."""
+    import cxr.mimic.reports as reports_module
+
+    seen: list[str] = []
+    real = reports_module.section_file
+
+    def counting(raw_dir, relpath):
+        seen.append(relpath)
+        return real(raw_dir, relpath)
+
+    monkeypatch.setattr(reports_module, "section_file", counting)
+    return seen
+
+
+def _manifest(tmp_path: Path, raw: Path) -> pl.DataFrame:
+    from cxr.mimic.manifest import ManifestConfig, make_manifest
+
+    cfg = ManifestConfig(raw=raw, out=tmp_path / "processed" / "manifest.parquet")
+    return make_manifest(cfg)[0].manifest
+
+
+def test_manifest_then_reports_section_each_report_once(tmp_path, parsed, capsys):
+    raw = _raw_with_reports(tmp_path)
+    df = _manifest(tmp_path, raw)
+    rows = {r["study_id"]: r for r in df.iter_rows(named=True)}
+    assert rows[50000011]["impression"] == "Large left pleural effusion"
+    assert rows[50000012]["findings"] == "Clear."
+    sectioned = tmp_path / "sectioned.csv"
+    argv = ["--data-dir", str(tmp_path), "reports", "--raw", str(raw), "--workers", "1"]
+    assert main([*argv, "--csv", str(sectioned)]) == 0
+    assert "up to date (4 reports" in capsys.readouterr().out
+    assert sorted(parsed) == sorted(set(parsed)) and len(parsed) == 4
+    table = pl.read_parquet(tmp_path / "processed" / "reports.parquet")
+    assert table["study_id"].to_list() == [50000011, 50000012, 50000041, 50000051]
+    assert "s50000041,Small effusion.,," in sectioned.read_text()
+    # ...and a second manifest reuses it too.
+    assert _manifest(tmp_path, raw).equals(df)
+    assert len(parsed) == 4
+
+
+def test_reports_then_manifest_reuse_and_a_changed_file_is_parsed_again(tmp_path, parsed):
+    raw = _raw_with_reports(tmp_path)
+    argv = ["--data-dir", str(tmp_path), "reports", "--raw", str(raw), "--workers", "1"]
+    assert main(argv) == 0
+    assert len(parsed) == 4
+    df = _manifest(tmp_path, raw)
+    assert len(parsed) == 4  # the manifest took its sections from the table
+    row = df.filter(pl.col("study_id") == 50000041).row(0, named=True)
+    assert row["impression"] == "Small effusion."
+    # An edited report makes the table stale: rebuilt, with the new text.
+    (raw / "files/p10/p10000004/s50000041.txt").write_text(_report(("IMPRESSION", "Large.")))
+    df = _manifest(tmp_path, raw)
+    assert set(df.filter(pl.col("study_id") == 50000041)["impression"]) == {"Large."}
+    assert len(parsed) == 8
+    table = pl.read_parquet(tmp_path / "processed" / "reports.parquet")
+    assert table.filter(pl.col("study_id") == 50000041)["impression"].to_list() == ["Large."]
+
+
+def test_a_stale_or_foreign_table_is_never_reused(tmp_path, parsed):
+    from cxr.mimic.report_table import report_table, scan_reports, sidecar_path
+
+    raw = _raw_with_reports(tmp_path)
+    out = tmp_path / "t" / "reports.parquet"
+    first = report_table(raw, out, workers=1)
+    assert not first.reused and len(parsed) == 4
+    assert report_table(raw, out, workers=1).reused and len(parsed) == 4
+    # A new report: stale.
+    new = raw / "files/p10/p10000002/s50000021.txt"
+    new.parent.mkdir(parents=True)
+    new.write_text(_report(("IMPRESSION", "New.")))
+    again = report_table(raw, out, workers=1)
+    assert not again.reused and again.table.height == 5
+    # The same files under another raw root: not this table.
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(raw, other)
+    assert report_table(raw, out, workers=1).reused
+    n = len(parsed)
+    assert not report_table(other, out, workers=1).reused and len(parsed) == n + 5
+    # A table replaced behind the sidecar's back: its SHA-256 no longer matches.
+    pl.DataFrame({"study_id": [1]}).write_parquet(out)
+    assert load_ok(out, other, scan_reports(other)) is False
+    assert not report_table(other, out, workers=1).reused
+    assert sidecar_path(out).name == "reports.json"
+
+
+def load_ok(out, raw, scan) -> bool:
+    from cxr.mimic.report_table import load_report_table
+
+    return load_report_table(out, raw, scan) is not None
+
+
+def test_manifest_parses_its_own_file_when_the_table_chose_another(tmp_path, parsed):
+    """A study whose report also sits under another patient folder: the table keeps the first one
+    found, the manifest wants its own patient's file, and parses that one."""
+    raw = _raw_with_reports(tmp_path)
+    decoy = raw / "files/p10/p10000000/s50000011.txt"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_text(_report(("IMPRESSION", "Decoy.")))
+    df = _manifest(tmp_path, raw)
+    row = df.filter(pl.col("study_id") == 50000011).row(0, named=True)
+    assert row["report_path"] == "files/p10/p10000001/s50000011.txt"
+    assert row["impression"] == "Large left pleural effusion"
+    assert parsed.count("files/p10/p10000001/s50000011.txt") == 1
+
+
+def test_report_table_errors_are_one_line(tmp_path, capsys):
+    raw = _raw_with_reports(tmp_path)
+    rc = main(["reports", "--raw", str(raw), "--out", str(tmp_path / "t.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "must not end in .json" in err and err.count("\n") == 1
+    rc = main(["reports", "--raw", str(raw), "--workers", "0", "--out", str(tmp_path / "t")])
+    assert rc == 1 and "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_output_paths_that_cannot_be_written_are_one_line(tmp_path, capsys):
+    raw = _raw_with_reports(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for extra in (
+        ["--out", str(tmp_path / "adir")],
+        ["--out", str(tmp_path / "afile" / "t.parquet")],
+        ["--out", str(tmp_path / "t.parquet"), "--csv", str(tmp_path / "adir")],
+    ):
+        assert main(["reports", "--raw", str(raw), "--workers", "1", *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot write" in err and "Traceback" not in err

@@ -119,3 +119,40 @@ def test_deep_without_manifest_is_one_line(tmp_path, capsys):
     raw = write_raw(tmp_path / "raw", make_frames())
     rc, _, err = run(capsys, "--raw", raw, "--deep")
     assert rc == 1 and "--deep needs --manifest" in err and err.count("\n") == 1
+
+
+def test_label_row_under_another_patient_is_a_problem(tmp_path, capsys):
+    """verify runs the manifest's cross-file checks: a label row filed under another patient."""
+    f = make_frames()
+    f["chexpert"] = f["chexpert"].with_columns(
+        pl.when(pl.col("study_id") == "50000051")
+        .then(pl.lit("10000004"))
+        .otherwise(pl.col("subject_id"))
+        .alias("subject_id")
+    )
+    raw = write_raw(tmp_path / "raw", f)
+    rc, _, err = run(capsys, "--raw", raw)
+    assert rc == 1
+    line = next(x for x in err.splitlines() if "under another patient" in x)
+    # chexpert.csv.gz line 8 holds study 50000051 (header is line 1, its row is the 8th)
+    assert f"{schema.CHEXPERT_CSV}.gz: line 8: column 'subject_id': study 50000051" in line
+    for subject in ("10000004", "10000005"):
+        assert subject not in err
+
+
+def test_study_that_differs_between_split_and_metadata_is_a_problem(tmp_path, capsys):
+    f = make_frames()
+    f["metadata"] = f["metadata"].with_columns(
+        pl.when(pl.col("dicom_id") == dicom("07"))
+        .then(pl.lit("50000032"))
+        .otherwise(pl.col("study_id"))
+        .alias("study_id")
+    )
+    raw = write_raw(tmp_path / "raw", f)
+    rc, _, err = run(capsys, "--raw", raw)
+    assert rc == 1
+    assert (
+        f"{schema.SPLIT_CSV}.gz: line 8: column 'study_id': image {dicom('07')} has another "
+        f"study or patient in {schema.METADATA_CSV}.gz" in err
+    )
+    assert "10000003" not in err

@@ -9,13 +9,24 @@ HELP = "download from PhysioNet: the metadata CSVs, then only the manifest's ima
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from cxr.mimic.download import JPG_BASE_URL
+    from cxr.mimic import schema
+    from cxr.mimic.download import VERSIONS, jpg_base_url
 
     p.add_argument(
         "--dest", type=Path, default=None, help="raw root to fill (default: <data root>/raw)"
     )
     p.add_argument(
-        "--base-url", default=JPG_BASE_URL, help=f"MIMIC-CXR-JPG base URL (default: {JPG_BASE_URL})"
+        "--version",
+        dest="dataset_version",
+        choices=VERSIONS,
+        default=schema.VERSION,
+        help=f"MIMIC-CXR-JPG version (default: {schema.VERSION}; {schema.RADIOLOGIST_VERSION} "
+        "adds the radiologist-labelled test set to the metadata; images are the same)",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help=f"MIMIC-CXR-JPG base URL (default: {jpg_base_url('VERSION')} of --version)",
     )
     p.add_argument(
         "--retries",
@@ -38,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     meta = sub.add_parser(
         "metadata",
         help="SHA256SUMS.txt and the chexpert, split and metadata .csv.gz, verified",
-        description="Fetch SHA256SUMS.txt, then the chexpert, split and metadata .csv.gz files, "
-        "each verified against it. Files already present and right are not fetched again.",
+        description="Fetch SHA256SUMS.txt, then the chexpert, split and metadata .csv.gz files "
+        "(with --version 2.1.0 also the radiologist-labelled test set), each verified against "
+        "it. Files already present and right are not fetched again.",
     )
     _common(meta)
     subset = sub.add_parser(
@@ -83,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         raise CxrError("--retries must be >= 0 and --timeout > 0")
     options = dict(
         dest=args.dest or paths.raw,
+        version=args.dataset_version,
         base_url=args.base_url,
         retries=args.retries,
         read_timeout_s=args.timeout,

@@ -12,6 +12,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from cxr.core.errors import InputError
+from cxr.core.privacy import mask_subject
+
 
 @functools.cache
 def _file_mode() -> int:
@@ -46,3 +49,23 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
 def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def output_errors(target: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an OSError raised while writing `target` (a folder under that name, a file where a
+    folder should be, a full disk) into a one-line InputError naming it, patient folder masked."""
+    try:
+        yield
+    except OSError as exc:
+        target = Path(target)
+        reason = exc.strerror or type(exc).__name__
+        if target.is_dir():
+            reason = "it is a directory"
+        else:
+            for parent in target.parents:
+                if parent.exists() or parent.is_symlink():
+                    if not parent.is_dir():
+                        reason = f"{mask_subject(str(parent))} is not a directory"
+                    break
+        raise InputError(f"{mask_subject(str(target))}: cannot write: {reason}") from None

@@ -1,12 +1,20 @@
 """Download MIMIC-CXR-JPG from PhysioNet: the metadata first, then only the manifest's files.
 
-`download_metadata` fetches `SHA256SUMS.txt` and the chexpert, split and metadata `.csv.gz` files.
-`download_subset` fetches exactly the manifest's JPEGs (from MIMIC-CXR-JPG) and its studies' reports
-(from MIMIC-CXR, which has its own checksum listing), in parallel threads.
+`download_metadata` fetches `SHA256SUMS.txt` and the chexpert, split and metadata `.csv.gz` files
+(and, for version 2.1.0, the radiologist-labelled test set). `download_subset` fetches exactly the
+manifest's JPEGs (from MIMIC-CXR-JPG) and its studies' reports (from MIMIC-CXR, which has its own
+checksum listing), in parallel threads.
 
-Every file is written as `<name>.part`, checked against its SHA-256 and only then renamed, so a file
-under its final name is always complete and right. A `.part` left by an interrupted run is resumed
-with an HTTP Range request. Files already present with the right checksum cost no request.
+Every run fetches the checksum listings first, from the server: a listing found on disk is never
+trusted, since anything could have written it (`cxr demo` writes one). Every file is written as
+`<name>.part`, checked against its SHA-256 and only then renamed, so a file under its final name is
+always complete and right. A `.part` left by an interrupted run is resumed with an HTTP Range
+request. Files already present with the right checksum are not fetched again.
+
+Only network trouble is retried. A local failure (the destination is a file or a broken symbolic
+link, a folder cannot be made, the disk is full) fails the file at once with the local path, and a
+body longer than announced (or, when nothing is announced, than `max_file_bytes`) fails it at once
+instead of filling the disk.
 
 Credentials come from PHYSIONET_USERNAME / PHYSIONET_PASSWORD, ~/.netrc or a prompt, travel only in
 `session.auth` (never in a URL), and never appear in output, logs, files or exception text. Paths in
@@ -15,6 +23,8 @@ printed messages have the subject folder masked (`p********`), since subject_id 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import getpass
 import ipaddress
 import logging
@@ -26,7 +36,7 @@ import sys
 import threading
 from collections.abc import Callable, Container, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -35,19 +45,53 @@ from cxr.core.hashing import file_sha256
 from cxr.core.privacy import mask_subject
 from cxr.mimic import schema
 
-JPG_BASE_URL = f"https://physionet.org/files/mimic-cxr-jpg/{schema.VERSION}/"
-REPORTS_BASE_URL = f"https://physionet.org/files/mimic-cxr/{schema.VERSION}/"
+# MIMIC-CXR-JPG versions `--version` accepts. 2.1.0 keeps 2.0.0's CSV names and images and adds
+# the radiologist-labelled test set (schema.RADIOLOGIST_CSV). The reports come from MIMIC-CXR
+# 2.0.0 whatever the version.
+VERSIONS: tuple[str, ...] = (schema.VERSION, schema.RADIOLOGIST_VERSION)
 JPG_PROJECT = "MIMIC-CXR-JPG"
 REPORTS_PROJECT = "MIMIC-CXR"
-PROJECT_PAGES = {
-    JPG_PROJECT: f"https://physionet.org/content/mimic-cxr-jpg/{schema.VERSION}/",
-    REPORTS_PROJECT: f"https://physionet.org/content/mimic-cxr/{schema.VERSION}/",
-}
+_PROJECT_SLUGS = {JPG_PROJECT: "mimic-cxr-jpg", REPORTS_PROJECT: "mimic-cxr"}
+
+
+def jpg_base_url(version: str = schema.VERSION) -> str:
+    """MIMIC-CXR-JPG's file root for `version`."""
+    return f"https://physionet.org/files/mimic-cxr-jpg/{version}/"
+
+
+def project_page(project: str, version: str = schema.VERSION) -> str:
+    """The page where the project's data use agreement is signed."""
+    slug = _PROJECT_SLUGS.get(project)
+    if slug is None:
+        return "the project's PhysioNet page"
+    if project != JPG_PROJECT:
+        version = schema.VERSION  # the reports come from MIMIC-CXR 2.0.0 whatever --version says
+    return f"https://physionet.org/content/{slug}/{version}/"
+
+
+def metadata_files(version: str = schema.VERSION) -> tuple[str, ...]:
+    """What `download metadata` fetches for `version`, besides the checksum listing."""
+    files = tuple(f"{name}.gz" for name in schema.REQUIRED_CSVS)
+    if version == schema.RADIOLOGIST_VERSION:
+        files += (schema.RADIOLOGIST_CSV,)
+    return files
+
+
+JPG_BASE_URL = jpg_base_url(schema.VERSION)
+REPORTS_BASE_URL = f"https://physionet.org/files/mimic-cxr/{schema.VERSION}/"
 # Where each project's checksum listing is kept under the destination (MIMIC-CXR's is renamed so
 # the two listings can sit side by side in the raw root).
 JPG_SUMS = schema.SHA256SUMS
 REPORTS_SUMS = "mimic-cxr-reports-SHA256SUMS.txt"
-METADATA_FILES: tuple[str, ...] = tuple(f"{name}.gz" for name in schema.REQUIRED_CSVS)
+METADATA_FILES: tuple[str, ...] = metadata_files(schema.VERSION)
+# The most bytes taken for a file whose size nobody announced: a close-delimited body can be
+# endless. Far above anything either project ships that we fetch (MIMIC-CXR's checksum listing,
+# the largest, is tens of MB).
+MAX_FILE_BYTES = 512 << 20
+# Local errors after which no other file can be written either: stop writing, fail the rest.
+_FATAL_LOCAL_ERRNOS = frozenset(
+    e for e in (errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", None)) if e is not None
+)
 
 ENV_USERNAME = "PHYSIONET_USERNAME"
 ENV_PASSWORD = "PHYSIONET_PASSWORD"
@@ -86,7 +130,10 @@ class DownloadConfig:
     """Options of `cxr download metadata` and `cxr download subset`."""
 
     dest: Path
-    base_url: str = JPG_BASE_URL
+    # MIMIC-CXR-JPG version; picks the default base URL and, for metadata, the files.
+    version: str = schema.VERSION
+    # None: jpg_base_url(version).
+    base_url: str | None = None
     reports_base_url: str = REPORTS_BASE_URL
     manifest: Path | None = None
     reports: bool = True
@@ -99,6 +146,11 @@ class DownloadConfig:
     # requests' read timeout: the longest wait for the next bytes, not for the whole file.
     read_timeout_s: float = 60.0
     chunk_bytes: int = 1 << 20
+    max_file_bytes: int = MAX_FILE_BYTES
+
+    @property
+    def jpg_url(self) -> str:
+        return self.base_url or jpg_base_url(self.version)
 
 
 @dataclass(frozen=True)
@@ -110,12 +162,19 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Item:
-    """One file to have under dest: its path relative to dest, its URL and its checksum."""
+    """One file to have under dest: its path relative to dest, its URL and its checksum.
+
+    `size`: its length in bytes when a listing gives it (a longer body fails at once).
+    `also`: other paths under dest where a copy with the right checksum counts as present (a
+    report at the data guide's place, inside the study folder); a fetch writes `relpath`.
+    """
 
     relpath: str
     url: str
     sha256: str
     project: str
+    size: int | None = None
+    also: tuple[str, ...] = ()
 
 
 @dataclass
@@ -257,12 +316,17 @@ def is_present(target: Path, sha256: str) -> bool:
         return False
 
 
+def item_present(item: Item, dest: Path) -> bool:
+    """The item is under dest, at its own path or one of its `also` paths, with its checksum."""
+    return any(is_present(dest / rel, item.sha256) for rel in (item.relpath, *item.also))
+
+
 def split_present(items: list[Item], dest: Path, workers: int = 1) -> tuple[list[Item], list[Item]]:
     """(to_fetch, already_present): hashing runs in threads (hashlib releases the GIL)."""
     if not items:
         return [], []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        present = list(pool.map(lambda it: is_present(dest / it.relpath, it.sha256), items))
+        present = list(pool.map(lambda it: item_present(it, dest), items))
     to_fetch = [it for it, p in zip(items, present, strict=True) if not p]
     skipped = [it for it, p in zip(items, present, strict=True) if p]
     return to_fetch, skipped
@@ -297,12 +361,80 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def report_relpath(subject_id: int, study_id: int) -> str:
-    """MIMIC-CXR's place for a study's report (the first of schema.report_relpaths)."""
-    return schema.report_relpaths(int(subject_id), int(study_id))[0]
+# --------------------------------------------------------------------------- local paths
+
+
+def _shown(path: Path | str) -> str:
+    return display_path(str(path))
+
+
+def _blocker(path: Path, include_self: bool) -> str | None:
+    """Why `path` cannot be made or written, when a path on the way is the cause: the nearest
+    existing ancestor (or `path` itself) that is a broken symbolic link or not a directory."""
+    candidates = [path, *path.parents] if include_self else list(path.parents)
+    for p in candidates:
+        if os.path.islink(p) and not os.path.exists(p):
+            return f"{_shown(p)} is a broken symbolic link"
+        if os.path.lexists(p):
+            return None if os.path.isdir(p) else f"{_shown(p)} is not a directory"
+    return None
+
+
+def _local_failure(exc: OSError, path: Path, action: str, is_dir: bool = False) -> _FileFailed:
+    """A _FileFailed for a local OSError: names the local path (patient folder masked)."""
+    why = _blocker(path, include_self=is_dir) or exc.strerror or type(exc).__name__
+    return _FileFailed(f"cannot {action} {_shown(path)}: {why}", keep_part=True, errno=exc.errno)
+
+
+def _local(fn: Callable, path: Path, action: str, is_dir: bool = False):
+    """fn(), with an OSError turned into a _FileFailed about `path` (never retried)."""
+    try:
+        return fn()
+    except OSError as exc:
+        raise _local_failure(exc, path, action, is_dir) from None
+
+
+def demo_marker() -> str:
+    from cxr.mimic.demo import MARKER
+
+    return MARKER
+
+
+def prepare_dest(dest: Path) -> Path:
+    """Make sure `dest` is a directory we may fill; one-line CxrError otherwise.
+
+    Refuses the synthetic tree `cxr demo` writes (its hidden marker file): downloading into it
+    would mix real and synthetic files under one listing.
+    """
+    dest = Path(dest)
+    shown = _shown(dest)
+    if os.path.islink(dest) and not dest.exists():
+        raise CxrError(
+            f"destination {shown} is a broken symbolic link (to {_shown(os.readlink(dest))}): "
+            "fix or remove it, or choose another --dest"
+        )
+    if dest.exists() and not dest.is_dir():
+        raise CxrError(f"destination {shown} is not a directory: choose another --dest")
+    if os.path.lexists(dest / demo_marker()):
+        raise CxrError(
+            f"destination {shown} is the synthetic demo tree written by `cxr demo`: use another "
+            "--dest (or delete it)"
+        )
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = _blocker(dest, include_self=True) or exc.strerror or type(exc).__name__
+        raise CxrError(f"destination {shown}: cannot create it: {why}") from None
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise CxrError(f"destination {shown} is not writable")
+    return dest
 
 
 # --------------------------------------------------------------------------- credentials
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def resolve_credentials(
@@ -310,8 +442,13 @@ def resolve_credentials(
     env: Mapping[str, str] | None = None,
     netrc_path: Path | None = None,
     interactive: bool | None = None,
+    warn: Callable[[str], None] = _warn,
 ) -> Credentials:
-    """Environment, else ~/.netrc (the base URL's host, then physionet.org), else a prompt."""
+    """Environment, else ~/.netrc (the base URL's host, then physionet.org), else a prompt.
+
+    A ~/.netrc that group or others may access is used with a one-line warning (as ssh warns
+    about a private key's mode); its content is never shown.
+    """
     env = os.environ if env is None else env
     user, password = env.get(ENV_USERNAME), env.get(ENV_PASSWORD)
     if user and password:
@@ -321,6 +458,7 @@ def resolve_credentials(
     if netrc_path.is_file():
         found = _from_netrc(netrc_path, [urlsplit(base_url).hostname or "", PHYSIONET_HOST])
         if found is not None:
+            _check_netrc_mode(netrc_path, warn)
             return found
     if interactive is None:
         interactive = sys.stdin is not None and sys.stdin.isatty()
@@ -334,6 +472,19 @@ def resolve_credentials(
         f"no PhysioNet credentials: set {ENV_USERNAME} and {ENV_PASSWORD}, or add "
         f"'machine {PHYSIONET_HOST} login USER password PASS' to ~/.netrc (mode 600)"
     )
+
+
+def _check_netrc_mode(path: Path, warn: Callable[[str], None]) -> None:
+    # Python's netrc checks the mode only for the default file it finds itself; ours is explicit.
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        warn(
+            f"warning: {path} holds a password and is accessible by group or others "
+            f"(mode {mode:04o}); run: chmod 600 {path}"
+        )
 
 
 def _from_netrc(path: Path, hosts: list[str]) -> Credentials | None:
@@ -352,9 +503,9 @@ def _from_netrc(path: Path, hosts: list[str]) -> Credentials | None:
     return None
 
 
-def auth_message(status: int, project: str, source: str = "") -> str:
+def auth_message(status: int, project: str, source: str = "", version: str = schema.VERSION) -> str:
     """One line for a 401/403: wrong credentials, or the project's data use agreement unsigned."""
-    page = PROJECT_PAGES.get(project, "the project's PhysioNet page")
+    page = project_page(project, version)
     origin = f" (from {source})" if source else ""
     if status == 401:
         return (
@@ -371,12 +522,16 @@ def auth_message(status: int, project: str, source: str = "") -> str:
 
 
 class _FileFailed(Exception):
-    """This file cannot be fetched now; `reason` is safe to print (no URL, no credential)."""
+    """This file cannot be fetched now; `reason` is safe to print (no URL, no credential).
 
-    def __init__(self, reason: str, keep_part: bool = False) -> None:
+    `errno` is set for a local failure (the local file system's error number).
+    """
+
+    def __init__(self, reason: str, keep_part: bool = False, errno: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.keep_part = keep_part
+        self.errno = errno
 
 
 class _AuthFailed(_FileFailed):
@@ -389,16 +544,32 @@ class _Stopped(Exception):
     pass
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a retry may cure. OSError here is a socket's: every local file operation goes through
+    `_local`, which turns its OSError into a _FileFailed first."""
     import requests
     import urllib3
 
     return (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
+def _announced_length(resp) -> int | None:
+    value = resp.headers.get("Content-Length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _part_size(part: Path) -> int:
+    try:
+        return part.stat().st_size
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise _local_failure(exc, part, "read") from None
+
+
 class Fetcher:
-    """Holds the HTTP session (made on first use, so a run with nothing to fetch needs no
-    credentials) and fetches files into `.part` then their final name."""
+    """Holds the HTTP session (made on first use: credentials are asked for only once the
+    destination has been checked) and fetches files into `.part` then their final name."""
 
     def __init__(
         self,
@@ -407,13 +578,14 @@ class Fetcher:
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self._credentials = credentials or (lambda: resolve_credentials(cfg.base_url))
+        self._credentials = credentials or (lambda: resolve_credentials(cfg.jpg_url))
         self._session = None
         self._source = ""
         self._lock = threading.Lock()
         self.on_bytes = on_bytes or (lambda n: None)
         self.stop = threading.Event()
         self.auth_failed: dict[str, str] = {}  # project -> message; later files fail at once
+        self.local_fatal: str | None = None  # disk full or read-only: later files fail at once
 
     @property
     def session(self):
@@ -452,23 +624,28 @@ class Fetcher:
         if self.stop.wait(delay):
             raise _Stopped
 
-    def transfer(self, url: str, part: Path) -> None:
+    def transfer(self, url: str, part: Path, max_bytes: int | None = None) -> None:
         """Fill `part` with the resource at `url`, resuming from its current size with Range.
 
         Retries connection errors, timeouts, 429 and 5xx with exponential backoff (bounded by
-        cfg.retries). Raises _FileFailed; the reason never contains the URL.
+        cfg.retries). Takes at most the announced Content-Length, and never more than `max_bytes`
+        (the listed size, else cfg.max_file_bytes) for the whole file: a body that goes on fails
+        at once. Raises _FileFailed; the reason never contains the URL.
         """
         cfg = self.cfg
-        errors = _transient_errors()
+        limit = cfg.max_file_bytes if max_bytes is None else max_bytes
+        what = "the listed size" if max_bytes is not None else "the limit for a file"
+        errors = _network_errors()
         last = ""
         retry_after: str | None = None
+        _local(lambda: part.parent.mkdir(parents=True, exist_ok=True), part.parent, "create", True)
         for attempt in range(cfg.retries + 1):
             if attempt:
                 self._backoff(attempt, retry_after)
             retry_after = None
             if self.stop.is_set():
                 raise _Stopped
-            offset = part.stat().st_size if part.exists() else 0
+            offset = _part_size(part)
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             try:
                 with self.session.get(
@@ -489,21 +666,24 @@ class Fetcher:
                     if status == 206 and offset:
                         m = _CONTENT_RANGE_RE.fullmatch(resp.headers.get("Content-Range", ""))
                         if m is None or int(m.group(1)) != offset:
-                            part.unlink(missing_ok=True)  # a range we did not ask for: start over
-                            last = "unexpected Content-Range"
+                            _local(lambda: part.unlink(missing_ok=True), part, "delete")
+                            last = "unexpected Content-Range"  # a range we did not ask for
                             continue
-                        mode = "ab"
+                        mode, start = "ab", offset
                     elif status == 200:
-                        mode = "wb"  # a fresh file, or a server that ignored Range: start over
+                        mode, start = "wb", 0  # a fresh file, or a server that ignored Range
                     else:
                         raise _FileFailed(f"HTTP {status}")
-                    part.parent.mkdir(parents=True, exist_ok=True)
-                    with open(part, mode) as fh:
-                        for chunk in resp.raw.stream(cfg.chunk_bytes, decode_content=False):
-                            if self.stop.is_set():
-                                raise _Stopped
-                            fh.write(chunk)
-                            self.on_bytes(len(chunk))
+                    allowed = limit - start
+                    announced = _announced_length(resp)
+                    if announced is not None:
+                        if announced > allowed:
+                            raise _FileFailed(
+                                f"the server announced {start + announced} bytes, more than "
+                                f"{what} ({limit} bytes)"
+                            )
+                        allowed, what = announced, "the announced Content-Length"
+                    self._write_body(resp, part, mode, allowed, what)
                     return
             except _FileFailed:
                 raise
@@ -512,48 +692,80 @@ class Fetcher:
                 last = type(exc).__name__
         raise _FileFailed(f"gave up after {cfg.retries + 1} tries: {last}", keep_part=True)
 
+    def _write_body(self, resp, part: Path, mode: str, allowed: int, what: str) -> None:
+        """Stream the body into `part`; more than `allowed` bytes fails the file at once."""
+        # Closed in the finally below, where a failing close (a buffered write that hits a full
+        # disk) is reported as the local error it is.
+        fh = _local(lambda: open(part, mode), part, "write")  # noqa: SIM115
+        try:
+            received = 0
+            for chunk in resp.raw.stream(self.cfg.chunk_bytes, decode_content=False):
+                if self.stop.is_set():
+                    raise _Stopped
+                received += len(chunk)
+                if received > allowed:
+                    raise _FileFailed(f"the server sent more than {what} ({allowed} bytes)")
+                _local(lambda c=chunk: fh.write(c), part, "write")
+                self.on_bytes(len(chunk))
+        finally:
+            try:
+                fh.close()
+            except OSError as exc:  # a buffered write that failed at close (disk full)
+                raise _local_failure(exc, part, "write") from None
+
     def fetch(self, item: Item, dest: Path) -> int:
         """Make dest/item.relpath the verified file; returns its size. Raises _FileFailed."""
         if item.project in self.auth_failed:
             raise _FileFailed(self.auth_failed[item.project], keep_part=True)
+        if self.local_fatal is not None:
+            raise _FileFailed(self.local_fatal, keep_part=True)
         target = dest / item.relpath
         part = target.with_name(target.name + ".part")
         try:
             for round_ in (1, 2):
-                self.transfer(item.url, part)
-                if file_sha256(part) == item.sha256:
-                    size = part.stat().st_size
-                    os.replace(part, target)
+                self.transfer(item.url, part, item.size)
+                if _local(lambda: file_sha256(part), part, "read") == item.sha256:
+                    size = _local(lambda: part.stat().st_size, part, "read")
+                    _local(lambda: os.replace(part, target), target, "write")
                     return size
                 # Wrong bytes (or a stale .part from elsewhere): delete, then one clean try more.
-                part.unlink(missing_ok=True)
+                _local(lambda: part.unlink(missing_ok=True), part, "delete")
                 if round_ == 2:
                     raise _FileFailed("checksum mismatch (downloaded twice)")
         except _AuthFailed as exc:
-            message = auth_message(exc.status, item.project, self._source)
+            message = auth_message(exc.status, item.project, self._source, self.cfg.version)
             self.auth_failed.setdefault(item.project, message)
             raise _FileFailed(message, keep_part=True) from None
         except _FileFailed as exc:
+            if exc.errno in _FATAL_LOCAL_ERRNOS and self.local_fatal is None:
+                self.local_fatal = f"not written: an earlier file failed with: {exc.reason}"
             if not exc.keep_part:
-                part.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    part.unlink(missing_ok=True)
             raise
         raise AssertionError("unreachable")
 
-    def fetch_listing(self, base_url: str, project: str, target: Path, source: str) -> None:
-        """Download a checksum listing to `target` (atomically; it is the root of trust, so it is
-        only checked to parse)."""
+    def fetch_listing(self, base_url: str, project: str, target: Path, source: str) -> str:
+        """Download a checksum listing to `target` (atomically) and return its text. It is the
+        root of trust, so it is fetched on every run and only checked to parse."""
         part = target.with_name(target.name + ".part")
-        part.unlink(missing_ok=True)  # never resume a listing: it has no checksum of its own
         try:
+            # Never resume a listing: it has no checksum of its own.
+            _local(lambda: part.unlink(missing_ok=True), part, "delete")
             self.transfer(join_url(base_url, schema.SHA256SUMS), part)
-            parse_sha256sums(part.read_text(encoding="utf-8", errors="replace"), source)
-            os.replace(part, target)
+            text = _local(lambda: part.read_text(encoding="utf-8", errors="replace"), part, "read")
+            parse_sha256sums(text, source)
+            _local(lambda: os.replace(part, target), target, "write")
+            return text
         except _AuthFailed as exc:
-            raise CxrError(auth_message(exc.status, project, self._source)) from None
+            raise CxrError(
+                auth_message(exc.status, project, self._source, self.cfg.version)
+            ) from None
         except _FileFailed as exc:
             raise CxrError(f"{source} of {project}: {exc.reason}") from None
         finally:
-            part.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                part.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the two commands
@@ -567,9 +779,9 @@ def _load_listing(
     summary: Summary,
     keep: Container[str] | None = None,
 ) -> dict[str, str]:
-    if not path.is_file():
-        fetcher.fetch_listing(base_url, project, path, path.name)
-    listing = parse_sha256sums(path.read_text(encoding="utf-8", errors="replace"), path.name, keep)
+    """The project's listing, fetched now: one already on disk is replaced, never trusted."""
+    text = fetcher.fetch_listing(base_url, project, path, path.name)
+    listing = parse_sha256sums(text, path.name, keep)
     summary.refused.extend((path.name, display_path(e), why) for e, why in listing.refused)
     return listing.entries
 
@@ -646,15 +858,23 @@ def _run_items(fetcher: Fetcher, items: list[Item], dest: Path, summary: Summary
         pool.shutdown(wait=True)
 
 
+def _check_version(version: str) -> None:
+    if version not in VERSIONS:
+        raise CxrError(f"version {version!r} is not one of {', '.join(VERSIONS)}")
+
+
 def download_metadata(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Summary:
-    """SHA256SUMS.txt, then the chexpert, split and metadata `.csv.gz`, verified."""
-    base = check_base_url(cfg.base_url)
+    """SHA256SUMS.txt, then the chexpert, split and metadata `.csv.gz` (and the version's other
+    metadata files), each verified against it."""
+    _check_version(cfg.version)
+    base = check_base_url(cfg.jpg_url)
+    dest = prepare_dest(Path(cfg.dest))
     fetcher = fetcher or Fetcher(cfg)
     summary = Summary()
-    dest = Path(cfg.dest)
     try:
         listing = _load_listing(fetcher, base, JPG_PROJECT, dest / JPG_SUMS, summary)
-        items, failed = plan_items(METADATA_FILES, listing, base, JPG_PROJECT, JPG_SUMS)
+        files = metadata_files(cfg.version)
+        items, failed = plan_items(files, listing, base, JPG_PROJECT, JPG_SUMS)
         summary.failed.extend(failed)
         to_fetch, skipped = split_present(items, dest)
         summary.skipped = len(skipped)
@@ -665,32 +885,40 @@ def download_metadata(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Su
     return summary
 
 
-def read_manifest_paths(path: Path) -> tuple[list[str], list[str]]:
-    """(image relpaths, report relpaths) of a manifest (read and checked by cxr.mimic.manifest)."""
+def read_manifest_paths(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(image relpaths, report places) of a manifest (read and checked by cxr.mimic.manifest);
+    each study's report places are (MIMIC-CXR's, the data guide's), as schema.report_relpaths."""
     from cxr.mimic.manifest import read_manifest
 
     df = read_manifest(path)
     images = [p for p in df["image_path"].to_list() if p is not None]
     studies = df.select("subject_id", "study_id").drop_nulls().unique(maintain_order=True)
     reports = [
-        report_relpath(s, t)
+        schema.report_relpaths(int(s), int(t))
         for s, t in zip(studies["subject_id"].to_list(), studies["study_id"].to_list(), strict=True)
     ]
     return images, reports
 
 
 def download_subset(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Summary:
-    """Exactly the manifest's JPEGs and (unless cfg.reports is False) its studies' reports."""
-    base = check_base_url(cfg.base_url)
+    """Exactly the manifest's JPEGs and (unless cfg.reports is False) its studies' reports.
+
+    A report already at either of its places with the right checksum is not fetched again;
+    a fetched one goes to MIMIC-CXR's place (the one its listing names).
+    """
+    _check_version(cfg.version)
+    base = check_base_url(cfg.jpg_url)
     reports_base = check_base_url(cfg.reports_base_url, "--reports-base-url")
     if cfg.manifest is None:
         raise CxrError("no manifest given")
-    images, reports = read_manifest_paths(Path(cfg.manifest))
+    images, places = read_manifest_paths(Path(cfg.manifest))
     if not cfg.reports:
-        reports = []
+        places = []
+    reports = [official for official, _ in places]
+    guide_place = dict(places)
+    dest = prepare_dest(Path(cfg.dest))
     fetcher = fetcher or Fetcher(cfg)
     summary = Summary()
-    dest = Path(cfg.dest)
     try:
         jpg_sums = _load_listing(
             fetcher, base, JPG_PROJECT, dest / JPG_SUMS, summary, keep=frozenset(images)
@@ -709,7 +937,7 @@ def download_subset(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Summ
             rep_items, failed = plan_items(
                 reports, rep_sums, reports_base, REPORTS_PROJECT, REPORTS_SUMS
             )
-            items += rep_items
+            items += [replace(it, also=(guide_place[it.relpath],)) for it in rep_items]
             summary.failed.extend(failed)
         to_fetch, skipped = split_present(items, dest, cfg.workers)
         summary.skipped = len(skipped)

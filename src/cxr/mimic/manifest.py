@@ -19,11 +19,18 @@ import numpy as np
 import polars as pl
 
 from cxr import __version__
-from cxr.core.atomic import atomic_path, write_text_atomic
+from cxr.core.atomic import atomic_path, output_errors, write_text_atomic
 from cxr.core.errors import InputError
 from cxr.core.hashing import file_sha256
 from cxr.mimic import schema
-from cxr.mimic.tables import RawTables, load_tables
+from cxr.mimic.tables import (
+    LINE,
+    META_STUDY,
+    META_SUBJECT,
+    RawTables,
+    load_tables,
+    split_metadata_disagreements,
+)
 
 MANIFEST_JSON = "manifest.json"
 BASE_COLUMNS = (
@@ -78,12 +85,14 @@ class Exclusions:
 def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
     """Images in the split file joined to their metadata by dicom_id.
 
-    One full join classifies every image at once: in both, only in split, only in metadata.
+    One full join classifies every image at once: in both, only in split, only in metadata. An
+    image whose study or patient differs between the two files is an error
+    (`split_metadata_disagreements`, which `cxr verify` runs too).
     """
     meta = tables.metadata.select(
         "dicom_id",
-        pl.col("study_id").alias("_meta_study"),
-        pl.col("subject_id").alias("_meta_subject"),
+        pl.col("study_id").alias(META_STUDY),
+        pl.col("subject_id").alias(META_SUBJECT),
         "ViewPosition",
         "ViewCodeSequence_CodeMeaning",
         pl.col("Rows").alias("rows"),
@@ -91,26 +100,22 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
         pl.lit(True).alias("_in_meta"),
     )
     split = tables.split.select(
-        "dicom_id", "study_id", "subject_id", "split", pl.lit(True).alias("_in_split")
+        "dicom_id", "study_id", "subject_id", "split", LINE, pl.lit(True).alias("_in_split")
     )
     df = split.join(meta, on="dicom_id", how="full", coalesce=True)
     in_meta, in_split = pl.col("_in_meta").is_not_null(), pl.col("_in_split").is_not_null()
     excl.add("split_row_not_in_metadata", df.filter(~in_meta))
     excl.add(
         "metadata_image_not_in_split",
-        df.filter(~in_split).with_columns(pl.col("_meta_study").alias("study_id")),
+        df.filter(~in_split).with_columns(pl.col(META_STUDY).alias("study_id")),
     )
     df = df.filter(in_meta & in_split)
-    mismatch = df.filter(
-        (pl.col("study_id") != pl.col("_meta_study"))
-        | (pl.col("subject_id") != pl.col("_meta_subject"))
+    problems = split_metadata_disagreements(
+        df, str(tables.paths["split"]), str(tables.paths["metadata"])
     )
-    if mismatch.height:
-        raise InputError(
-            f"{tables.paths['split']}: image {mismatch['dicom_id'][0]} has a different study or "
-            f"patient in {tables.paths['metadata'].name} ({mismatch.height} image(s) disagree)"
-        )
-    return df.drop("_meta_study", "_meta_subject", "_in_meta", "_in_split")
+    if problems:
+        raise InputError(str(problems[0]))
+    return df.drop(META_STUDY, META_SUBJECT, LINE, "_in_meta", "_in_split")
 
 
 _MEANING_TO_VIEW = {meaning.lower(): view for view, meaning in schema.VIEW_CODE_MEANINGS.items()}
@@ -150,27 +155,15 @@ def assign_views(
     return kept.drop("ViewPosition", "ViewCodeSequence_CodeMeaning"), inferred
 
 
-def attach_labels(
-    df: pl.DataFrame, chexpert: pl.DataFrame, excl: Exclusions, source: Path | str = "chexpert"
-) -> pl.DataFrame:
+def attach_labels(df: pl.DataFrame, chexpert: pl.DataFrame, excl: Exclusions) -> pl.DataFrame:
     """Labels are per study: every image of a study gets the study's one row.
 
-    The row must be the same patient's: a study_id whose label row names another subject_id is a
-    broken file, not a label to borrow.
+    That the row is filed under the study's patient is checked by `load_tables`
+    (`check_label_subjects`, which `cxr verify` runs too).
     """
-    labels = chexpert.select(
-        "study_id", pl.col("subject_id").alias("_label_subject"), *schema.LABELS
-    )
+    labels = chexpert.select("study_id", *schema.LABELS)
     excl.add("no_label_row", df.join(labels, on="study_id", how="anti"))
-    df = df.join(labels, on="study_id", how="inner")
-    mismatch = df.filter(pl.col("_label_subject") != pl.col("subject_id"))
-    if mismatch.height:
-        studies = mismatch["study_id"].unique().sort()
-        raise InputError(
-            f"{source}: study {studies[0]} has its label row under another patient than in the "
-            f"split file ({studies.len()} stud{'y' if studies.len() == 1 else 'ies'} disagree)"
-        )
-    return df.drop("_label_subject")
+    return df.join(labels, on="study_id", how="inner")
 
 
 def unused_label_rows(chexpert: pl.DataFrame, split: pl.DataFrame) -> int:
@@ -225,12 +218,23 @@ def add_paths(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(image_path.alias("image_path"))
 
 
-def attach_reports(df: pl.DataFrame, raw: Path, require: bool, excl: Exclusions) -> pl.DataFrame:
-    """report_path and the main sections, when reports have been downloaded (null otherwise)."""
-    from cxr.mimic.reports import report_columns
+def attach_reports(
+    df: pl.DataFrame,
+    raw: Path,
+    require: bool,
+    excl: Exclusions,
+    reports_table: Path | None = None,
+) -> pl.DataFrame:
+    """report_path and the main sections, when reports have been downloaded (null otherwise).
+
+    With `reports_table`, the sections come from the reports table there (`cxr reports`' table:
+    reused when fresh, else built and written there); without, the studies' reports are parsed
+    and nothing is written.
+    """
+    from cxr.mimic.report_table import manifest_report_columns
 
     studies = df.select("subject_id", "study_id").unique().sort("study_id")
-    cols = report_columns(raw, studies)
+    cols = manifest_report_columns(raw, studies, reports_table)
     df = df.join(cols, on="study_id", how="left")
     if require:
         excl.add("no_report", df.filter(pl.col("report_path").is_null()))
@@ -285,16 +289,23 @@ class ManifestResult:
     info: dict
 
 
-def build_manifest(tables: RawTables, cfg: ManifestConfig) -> ManifestResult:
+def build_manifest(
+    tables: RawTables, cfg: ManifestConfig, reports_table: Path | None = None
+) -> ManifestResult:
+    """The selection over tables as `load_tables` returns them (read, checked and typed).
+
+    Writes nothing, except the reports table at `reports_table` when one is given and it is not
+    fresh (see `attach_reports`).
+    """
     excl = Exclusions()
     df = join_images(tables, excl)
     df, inferred = assign_views(df, cfg.views, cfg.infer_missing_views, excl)
-    df = attach_labels(df, tables.chexpert, excl, tables.paths.get("chexpert", "chexpert"))
+    df = attach_labels(df, tables.chexpert, excl)
     df, notes = select_studies(df, cfg.n_studies, cfg.seed, excl)
     if df.height == 0:
         raise InputError(f"{cfg.raw}: no image is left after selection (views {list(cfg.views)})")
     df = add_paths(df)
-    df = attach_reports(df, Path(cfg.raw), cfg.require_reports, excl)
+    df = attach_reports(df, Path(cfg.raw), cfg.require_reports, excl, reports_table)
     df = order_columns(df)
     missing_splits = [
         s for s in ("validate", "test") if df.filter(pl.col("split") == s).height == 0
@@ -323,7 +334,7 @@ def build_manifest(tables: RawTables, cfg: ManifestConfig) -> ManifestResult:
 def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTables) -> dict:
     """Parquet then manifest.json, each atomically; returns the json written."""
     out = Path(cfg.out)
-    with atomic_path(out) as tmp:
+    with output_errors(out), atomic_path(out) as tmp:
         result.manifest.write_parquet(tmp, compression="zstd", statistics=True)
         digest = file_sha256(tmp)
     info = {
@@ -336,13 +347,19 @@ def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTable
         },
         **result.info,
     }
-    write_text_atomic(out.parent / MANIFEST_JSON, json.dumps(info, indent=2) + "\n")
+    with output_errors(out.parent / MANIFEST_JSON):
+        write_text_atomic(out.parent / MANIFEST_JSON, json.dumps(info, indent=2) + "\n")
     return info
 
 
 def make_manifest(cfg: ManifestConfig) -> tuple[ManifestResult, dict]:
+    """Read and check the CSVs, select, write the manifest. The report sections come from the
+    reports table beside the manifest (REPORTS_TABLE), which `cxr reports` writes too: reused
+    when fresh, else built and written, so reports are sectioned once for both commands."""
+    from cxr.mimic.report_table import REPORTS_TABLE
+
     tables = load_tables(Path(cfg.raw))
-    result = build_manifest(tables, cfg)
+    result = build_manifest(tables, cfg, Path(cfg.out).parent / REPORTS_TABLE)
     info = write_manifest(result, cfg, tables)
     return result, info
 

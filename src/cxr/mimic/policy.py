@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cxr.core.errors import CxrError
+from cxr.mimic import schema
 
 UNCERTAIN_CHOICES = ("ignore", "zeros", "ones")
 MISSING_CHOICES = ("zeros", "ignore")
@@ -100,7 +101,7 @@ def apply_policy(
     if unknown:
         raise CxrError(f"label policy overrides name unknown labels: {sorted(unknown)}")
     finite = labels[np.isfinite(labels)]
-    bad = np.setdiff1d(np.unique(finite), np.array([1.0, 0.0, -1.0], dtype=np.float32))
+    bad = np.setdiff1d(np.unique(finite), np.array(schema.LABEL_VALUES, dtype=np.float32))
     if bad.size:
         raise CxrError(f"labels hold values other than 1, 0, -1 and blank: {bad[:5].tolist()}")
 

@@ -35,7 +35,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+import stat
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -471,13 +472,21 @@ def find_reports(raw_dir: str | os.PathLike[str], pairs: list[tuple[int, int]]) 
     return out
 
 
-def report_columns(raw_dir: str | os.PathLike[str], table, workers: int | None = None):
+def report_columns(
+    raw_dir: str | os.PathLike[str],
+    table,
+    workers: int | None = None,
+    known: Callable[[int, str], dict[str, str] | None] | None = None,
+):
     """Report columns for a manifest: one row per `study_id` of `table`.
 
     `table` is a polars DataFrame with `subject_id` and `study_id` (one row per study; duplicates
     are collapsed). Returns a polars DataFrame with `study_id` (int64), `report_path` (relative to
     `raw_dir`, null when no report was found) and `findings`, `impression`, `indication`,
     `comparison` (str, null when absent). `subject_id` is not in the result.
+
+    `known(study_id, relpath)`: the sections already parsed from that very file (the reports
+    table), or None; only the files it does not know are parsed here.
     """
     import polars as pl
 
@@ -488,11 +497,16 @@ def report_columns(raw_dir: str | os.PathLike[str], table, workers: int | None =
     paths = find_reports(
         raw_dir, list(zip(studies["subject_id"].to_list(), study_ids, strict=True))
     )
-    found = [p for p in paths if p is not None]
-    parsed = iter(section_files(raw_dir, found, workers=workers))
+    given = [
+        known(study_id, path) if known is not None and path is not None else None
+        for study_id, path in zip(study_ids, paths, strict=True)
+    ]
+    todo = [p for p, g in zip(paths, given, strict=True) if p is not None and g is None]
+    parsed = iter(section_files(raw_dir, todo, workers=workers))
     cols: dict[str, list[str | None]] = {name: [] for name in MANIFEST_REPORT_COLUMNS[1:]}
-    for path in paths:
-        sections = next(parsed)["sections"] if path is not None else {}
+    for path, sections in zip(paths, given, strict=True):
+        if sections is None:
+            sections = next(parsed)["sections"] if path is not None else {}
         for name, values in cols.items():
             values.append(sections.get(name))
     return pl.DataFrame(
@@ -504,6 +518,15 @@ def report_columns(raw_dir: str | os.PathLike[str], table, workers: int | None =
 def study_dir_reports(files_dir: str | os.PathLike[str]) -> Iterable[tuple[int, str, str]]:
     """Every report under `files/`: (study_id, relpath from the raw root, place) with place
     `official` (`pXXXXXXXX/sXXXXXXXX.txt`) or `study` (`pXXXXXXXX/sXXXXXXXX/sXXXXXXXX.txt`)."""
+    for study_id, rel, place, _ in report_files(files_dir):
+        yield study_id, rel, place
+
+
+def report_files(
+    files_dir: str | os.PathLike[str],
+) -> Iterable[tuple[int, str, str, os.stat_result]]:
+    """`study_dir_reports` with each file's stat (size and mtime tell whether it changed), at
+    the cost of one stat per report."""
     files_dir = Path(files_dir)
     top = files_dir.name
     for group in sorted(_scandir_names(files_dir, dirs=True)):
@@ -523,12 +546,20 @@ def study_dir_reports(files_dir: str | os.PathLike[str]) -> Iterable[tuple[int, 
                 if not (name.startswith("s") and len(name) > 1):
                     continue
                 if name.endswith(".txt") and name[1:-4].isdigit():
-                    if _is_file(entry):
-                        yield int(name[1:-4]), f"{top}/{group}/{patient}/{name}", "official"
+                    if _is_file(entry) and (st := _stat(entry.path)) is not None:
+                        yield int(name[1:-4]), f"{top}/{group}/{patient}/{name}", "official", st
                 elif name[1:].isdigit() and _is_dir(entry):
-                    inner = os.path.join(entry.path, f"{name}.txt")
-                    if os.path.isfile(inner):
-                        yield int(name[1:]), f"{top}/{group}/{patient}/{name}/{name}.txt", "study"
+                    st = _stat(os.path.join(entry.path, f"{name}.txt"))
+                    if st is not None and stat.S_ISREG(st.st_mode):
+                        rel = f"{top}/{group}/{patient}/{name}/{name}.txt"
+                        yield int(name[1:]), rel, "study", st
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def _is_file(entry: os.DirEntry) -> bool:

@@ -118,7 +118,8 @@ def check_ids(df: pl.DataFrame, file: str) -> list[Problem]:
     return problems
 
 
-_LABEL_TEXT = {"1.0", "0.0", "-1.0", "1", "0", "-1"}
+# How the CSVs may write each value of schema.LABEL_VALUES: "1.0" or "1", and so on.
+_LABEL_TEXT = {str(v) for v in schema.LABEL_VALUES} | {f"{v:g}" for v in schema.LABEL_VALUES}
 
 
 def check_labels(df: pl.DataFrame, file: str) -> list[Problem]:
@@ -197,13 +198,109 @@ def check_patient_splits(split: pl.DataFrame, file: str) -> list[Problem]:
     ]
 
 
+# Column names of the metadata's ids once the split rows are joined to it by dicom_id.
+META_STUDY = "_meta_study"
+META_SUBJECT = "_meta_subject"
+
+
+def split_metadata_disagreements(both: pl.DataFrame, file: str, meta_file: str) -> list[Problem]:
+    """Images listed in both files whose study or patient differ between them: the manifest joins
+    the files by dicom_id and would otherwise file such an image under the wrong study.
+
+    `both` holds split rows joined to the metadata by dicom_id: the split's `study_id`,
+    `subject_id` and LINE, the metadata's as META_STUDY and META_SUBJECT. The manifest passes the
+    join it makes anyway; `check_split_metadata_agree` makes it for `cxr verify`.
+    """
+    differ = both.filter(
+        (pl.col("study_id") != pl.col(META_STUDY)) | (pl.col("subject_id") != pl.col(META_SUBJECT))
+    ).sort(LINE)
+    if differ.height == 0:
+        return []
+    first = differ.row(0, named=True)
+    # Name the column that differs; never show the subject_id values themselves.
+    column = "study_id" if first["study_id"] != first[META_STUDY] else "subject_id"
+    return _first(
+        file,
+        differ,
+        column,
+        f"image {first['dicom_id']} has another study or patient in {Path(meta_file).name}",
+    )
+
+
+def check_split_metadata_agree(
+    split: pl.DataFrame, meta: pl.DataFrame, file: str, meta_file: str
+) -> list[Problem]:
+    """`split_metadata_disagreements` over the two frames."""
+    cols = {"dicom_id", "study_id", "subject_id"}
+    if not (cols <= set(split.columns) and cols <= set(meta.columns)):
+        return []
+    both = split.select("dicom_id", "study_id", "subject_id", LINE).join(
+        meta.select(
+            "dicom_id",
+            pl.col("study_id").alias(META_STUDY),
+            pl.col("subject_id").alias(META_SUBJECT),
+        ),
+        on="dicom_id",
+        how="inner",
+    )
+    return split_metadata_disagreements(both, file, meta_file)
+
+
+def check_label_subjects(chexpert: pl.DataFrame, split: pl.DataFrame, file: str) -> list[Problem]:
+    """A study's label row must be filed under the patient the split file gives the study: a row
+    under another subject_id is a broken file, not a label to borrow."""
+    if not (
+        {"subject_id", "study_id"} <= set(chexpert.columns)
+        and {"subject_id", "study_id"} <= set(split.columns)
+    ):
+        return []
+    studies = split.select("study_id", pl.col("subject_id").alias("_split_subject")).unique()
+    differ = (
+        chexpert.select("study_id", "subject_id", LINE)
+        .join(studies, on="study_id", how="inner")
+        .filter(pl.col("subject_id") != pl.col("_split_subject"))
+        .unique(subset="study_id", keep="first")
+        .sort(LINE)
+    )
+    if differ.height == 0:
+        return []
+    return _first(
+        file,
+        differ,
+        "subject_id",
+        f"study {differ['study_id'][0]} has its label row under another patient than in the "
+        "split file",
+    )
+
+
+def check_cross_files(frames: dict[str, pl.DataFrame], names: dict[str, str]) -> list[Problem]:
+    """The checks between files: each label row under its study's patient, each image under the
+    same study and patient in split and metadata, and every split image in the metadata.
+
+    The manifest runs the first two itself (`load_tables` on the typed frames, `join_images` on
+    the join it makes anyway) and counts the third as an exclusion, so `cxr verify` rejects what
+    `cxr manifest` rejects, through the same functions.
+    """
+    problems: list[Problem] = []
+    if "split" not in frames:
+        return problems
+    if "chexpert" in frames:
+        problems += check_label_subjects(frames["chexpert"], frames["split"], names["chexpert"])
+    if "metadata" in frames:
+        problems += check_split_metadata_agree(
+            frames["split"], frames["metadata"], names["split"], names["metadata"]
+        )
+        problems += check_split_in_metadata(frames["split"], frames["metadata"], names["split"])
+    return problems
+
+
 def check_all(
     frames: dict[str, pl.DataFrame], names: dict[str, str], cross: bool = True
 ) -> list[Problem]:
     """Every schema check over whichever of the three frames were read.
 
-    cross: also report split rows whose image is absent from the metadata (the manifest counts
-    those as an exclusion itself, so it skips this check).
+    cross: also the checks between files (`check_cross_files`); the manifest runs them its own
+    way, so `load_tables` turns this off.
     """
     problems: list[Problem] = []
     required = {
@@ -228,8 +325,8 @@ def check_all(
     if "split" in frames:
         problems += check_split_values(frames["split"], names["split"])
         problems += check_patient_splits(frames["split"], names["split"])
-        if cross and "metadata" in frames:
-            problems += check_split_in_metadata(frames["split"], frames["metadata"], names["split"])
+    if cross:
+        problems += check_cross_files(frames, names)
     return problems
 
 
@@ -278,12 +375,17 @@ def load_tables(raw: Path) -> RawTables:
     """Read, check and type the three CSVs; the first problem is raised as a one-line InputError.
 
     Split rows whose image is absent from the metadata are not fatal here: the manifest counts them
-    as an exclusion.
+    as an exclusion. Label rows are checked against the split file's patients here, on the typed
+    frames (integer joins are cheaper); split and metadata are checked against each other where
+    the manifest joins them (`split_metadata_disagreements`).
     """
     frames, names = read_frames(raw)
     fatal = check_all(frames, names, cross=False)
     if fatal:
         raise InputError(str(fatal[0]))
     typed = {kind: _typed(kind, df) for kind, df in frames.items()}
+    fatal = check_label_subjects(typed["chexpert"], typed["split"], names["chexpert"])
+    if fatal:
+        raise InputError(str(fatal[0]))
     paths = {kind: Path(name) for kind, name in names.items()}
     return RawTables(typed["chexpert"], typed["split"], typed["metadata"], paths)
