@@ -187,7 +187,7 @@ def test_bad_inputs(data, tmp_path):
     with pytest.raises(CxrError, match="another manifest"):
         train(tiny(data, tmp_path / "r2", f"manifest='{other}'"))
     # unknown model: named before any data is read
-    with pytest.raises(CxrError, match=r"unknown model 'vgg'.*densenet121"):
+    with pytest.raises(CxrError, match=r"model='vgg'.*densenet121"):
         train(tiny(data, tmp_path / "r4", "model=vgg", "cache='/nonexistent'"))
     # a GPU asked for where there is none
     if not torch.cuda.is_available():

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cxr.core.errors import CxrError
+from cxr.training.config import MODEL_NAMES
 
 # cxr name -> timm name. cxr_small is ours: a few conv layers, for the CPU demo and tests.
 TIMM_MODELS = {
@@ -29,7 +30,8 @@ TIMM_MODELS = {
     "efficientnet_b0": "efficientnet_b0",
     "convnext_tiny": "convnext_tiny",
 }
-MODEL_NAMES: tuple[str, ...] = (*TIMM_MODELS, "cxr_small")
+# MODEL_NAMES (cxr.training.config, so the config checks names without importing torch) is these
+# plus cxr_small.
 
 
 class SmallCNN(nn.Module):
