@@ -64,8 +64,18 @@ def test_cli_trains_and_writes_the_contract(data, tmp_path, capsys):
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["arch"] == "cxr_small" and best["image_size"] == 32 and len(best["labels"]) == 14
     assert best["normalization"] == {"mean": 0.5, "std": 0.29}
-    # the cache size actually read is recorded (cache_size was left at 0): inference rebuilds from it
-    assert best["config"]["cache_size"] == 32
+    # the one block inference reads: what training saw, down to the cache's decoder
+    # (cache_size was left at 0: the size of the cache actually read is recorded)
+    method = json.loads((cache / "cache.json").read_text())["method"]
+    assert best["preprocess"] == {
+        "image_size": 32,
+        "source_size": 32,
+        "mean": 0.5,
+        "std": 0.29,
+        "in_chans": 1,
+        "method": method,
+    }
+    assert method.startswith("pillow-draft+") and best["config"]["cache_size"] == 32
     assert "optimizer" in torch.load(run / "last.pt", weights_only=True)
     # nothing written identifies a patient
     subjects = {str(s) for s in pl.read_parquet(manifest)["subject_id"].to_list()}

@@ -1,9 +1,10 @@
-"""A tiny manifest and image cache with a planted signal, built by cxr's own code.
+"""A tiny manifest, image cache and checkpoint with a planted signal, built by cxr's own code.
 
 Each label j lights up its own square of the image when positive, so a small CNN learns it in a
 couple of epochs. The images are written as PNG files and cached by `cxr.imaging.cache.build_cache`
-(the code `cxr preprocess` runs), so a change of the cache format reaches these tests. Used
-by the data and training tests (kept out of conftest.py so it merges cleanly).
+(the code `cxr preprocess` runs), and checkpoints by `cxr.training.checkpoint`, so a change of
+either format reaches these tests. Used by the data, training and predict tests (kept out of
+conftest.py so it merges cleanly).
 """
 
 from __future__ import annotations
@@ -103,3 +104,45 @@ def make_fixture(
     )
     assert result.complete and len(result.failed) == failed
     return manifest, cache
+
+
+def write_checkpoint(
+    path: Path,
+    *,
+    arch: str = "cxr_small",
+    labels: list[str] | tuple[str, ...] = LABELS,
+    image_size: int = 32,
+    source_size: int | None = None,
+    mean: float = 0.5,
+    std: float = 0.25,
+    method: str | None = None,
+    seed: int = 0,
+) -> Path:
+    """A checkpoint of a randomly initialised model, as `cxr train` saves best.pt."""
+    import torch
+
+    from cxr.imaging.images import METHOD
+    from cxr.training.checkpoint import make_checkpoint, save_checkpoint
+    from cxr.training.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, num_labels=len(labels), in_chans=1)
+    ckpt = make_checkpoint(
+        model,
+        arch=arch,
+        labels=list(labels),
+        preprocess={
+            "image_size": image_size,
+            "source_size": source_size or image_size,
+            "mean": mean,
+            "std": std,
+            "in_chans": 1,
+            "method": METHOD if method is None else method,
+        },
+        label_policy={"uncertain": "ignore", "missing": "zeros", "overrides": {}},
+        config={"model": arch, "image_size": image_size, "cache_size": source_size or 0},
+        epoch=1,
+        val_metrics={"val_macro_auroc": 0.5},
+    )
+    save_checkpoint(path, ckpt)
+    return path

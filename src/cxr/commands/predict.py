@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     result, text = predict(cfg)
+    for note in result.notes:
+        print(f"cxr predict: warning: {note}", file=sys.stderr)
     for file, reason in result.failures:
         print(f"cxr predict: skipped {file}: {reason}", file=sys.stderr)
     if cfg.out is None:

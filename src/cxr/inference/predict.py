@@ -45,6 +45,7 @@ class PredictResult:
     rows: list[dict[str, Any]] = field(default_factory=list)  # {"file": str, label: prob, ...}
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     cams: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings for the user (stderr)
 
 
 def _is_dicom_by_magic(path: Path) -> bool:
@@ -201,6 +202,9 @@ def predict(cfg: PredictConfig) -> tuple[PredictResult, str]:
         )
     model, ckpt, pre = load_model(cfg.checkpoint, cfg.device)
     result, squares = predict_files(model, pre, ckpt["labels"], files, cfg.batch_size, cfg.device)
+    note = pre.decoder_note()
+    if note:
+        result.notes.append(note)
     text = format_rows(result, cfg.format)
     if cfg.out is not None:
         write_text_atomic(Path(cfg.out) / f"predictions.{cfg.format}", text)

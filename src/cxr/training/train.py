@@ -224,7 +224,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     cache = open_cache(cfg.cache, cfg.manifest)
     if cfg.cache_size != cache.size:
         # Record the size actually read (an explicit cache path may differ from cache_size, or
-        # cache_size may be 0): inference rebuilds its preprocessing from it.
+        # cache_size may be 0).
         cfg = dataclasses.replace(cfg, cache_size=cache.size)
     train_ds = CxrDataset(manifest, cache, "train", cfg.labels, cfg.policy)
     val_ds = CxrDataset(manifest, cache, "validate", cfg.labels, cfg.policy)
@@ -457,10 +457,14 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
                 model,
                 arch=cfg.model,
                 labels=cfg.labels,
-                image_size=cfg.image_size,
-                mean=cfg.mean,
-                std=cfg.std,
-                in_chans=IN_CHANS,
+                preprocess={
+                    "image_size": cfg.image_size,
+                    "source_size": cache.size,
+                    "mean": cfg.mean,
+                    "std": cfg.std,
+                    "in_chans": IN_CHANS,
+                    "method": str(cache.meta.get("method", "")),
+                },
                 label_policy=cfg.policy.to_dict(),
                 config=config_to_dict(cfg),
                 epoch=epoch,
