@@ -183,6 +183,18 @@ def test_no_image_files_is_one_line_and_writes_nothing(inputs, tmp_path, capsys)
     assert not out.exists()
 
 
+def test_out_that_is_a_file_is_one_line_and_writes_nothing(inputs, tmp_path, capsys):
+    _, ckpt, files, _ = inputs
+    taken = tmp_path / "taken"
+    taken.write_text("a file the user keeps")
+    for out in (taken, taken / "sub"):
+        assert main(["predict", "--checkpoint", str(ckpt), str(files), "--out", str(out)]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+        assert "is a file, not a directory" in captured.err and "Traceback" not in captured.err
+    assert taken.read_text() == "a file the user keeps"
+
+
 def test_checkpoint_with_bad_preprocessing_is_one_line_for_predict_and_evaluate(
     inputs, tmp_path, capsys
 ):
@@ -232,3 +244,23 @@ def test_decoder_other_than_the_training_cache_is_warned_about(inputs, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("cxr predict: warning: the model was trained on images decoded with ")
     assert err.count("\n") == 1
+
+
+def test_device_defaults_to_auto_and_is_checked(inputs, capsys):
+    import torch
+
+    from cxr.cli import build_parser
+    from cxr.inference.runtime import resolve_device
+
+    args = build_parser().parse_args(["predict", "--checkpoint", "x.pt", "in"])
+    assert args.device == "auto"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device(resolve_device("cpu")) == torch.device("cpu")  # idempotent
+    _, ckpt, files, _ = inputs
+    bad = ["quantum"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:0"])
+    for device in bad:
+        argv = ["predict", "--checkpoint", str(ckpt), str(files), "--device", device]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"device '{device}'" in err

@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", default="csv", choices=("csv", "json"))
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: CUDA when available, else the CPU), cpu, cuda or cuda:N",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

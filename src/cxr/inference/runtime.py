@@ -90,12 +90,21 @@ class Preprocess:
         return x
 
 
-def load_model(path: str | Path, device: str = "cpu"):
+def resolve_device(name="auto"):
+    """The torch.device a `--device` value means: `auto` is CUDA when available, else the CPU
+    (`cxr.training.device.resolve_device`, which `cxr train` uses too)."""
+    from cxr.training.device import resolve_device as resolve
+
+    return resolve(name)
+
+
+def load_model(path: str | Path, device="cpu"):
     """(model in eval mode on `device`, checkpoint dict, Preprocess) for a checkpoint file."""
     import torch
 
     from cxr.training.checkpoint import load_checkpoint, model_from_checkpoint
 
+    device = resolve_device(device)
     ckpt = load_checkpoint(path)
     # channels_last: about 25% faster convolutions on the CPU (oneDNN), same results.
     model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last).eval()
@@ -103,11 +112,12 @@ def load_model(path: str | Path, device: str = "cpu"):
 
 
 def predict_squares(
-    model, pre: Preprocess, batches: Iterable[np.ndarray], device: str = "cpu"
+    model, pre: Preprocess, batches: Iterable[np.ndarray], device="cpu"
 ) -> Iterator[np.ndarray]:
     """Sigmoid probabilities (n, L) float32 for each batch of uint8 squares (n, S, S)."""
     import torch
 
+    device = resolve_device(device)
     with torch.inference_mode():
         for squares in batches:
             logits = model(pre.tensor(squares).to(device))

@@ -47,6 +47,7 @@ from cxr.training.checkpoint import (
 )
 from cxr.training.config import TrainConfig, config_to_dict, config_to_toml
 from cxr.training.data import BatchLoader, CxrDataset, open_cache, read_manifest
+from cxr.training.device import resolve_device
 from cxr.training.models import create_model
 
 IN_CHANS = 1
@@ -65,9 +66,7 @@ class Dist:
 
 def _setup_distributed(cfg: TrainConfig) -> tuple[Dist, bool]:
     """Rank, world size and device from torchrun's environment (one process without it)."""
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise CxrError("config asks for device=cuda but no CUDA device is available")
+    want_cuda = resolve_device(cfg.device).type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(0, 1, torch.device("cuda" if want_cuda else "cpu")), False
