@@ -262,6 +262,7 @@ def test_sigkill_at_any_moment_then_rerun_is_identical(tmp_path):
         assert snapshot(cache_dir) == reference, f"attempt {attempt}: differs after {kills} kills"
 
 
+@pytest.mark.slow
 def test_demo_manifest_to_cache(demo_raw, tmp_path):
     """The real chain: demo tree -> `cxr manifest` -> `cxr preprocess` -> rows for the manifest."""
     root = tmp_path / "data"

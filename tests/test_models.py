@@ -56,6 +56,7 @@ def test_weights_file_with_rgb_first_conv(tmp_path):
         create_model("resnet18", pretrained=str(tmp_path / "missing.pt"))
 
 
+@pytest.mark.slow
 def test_imagenet_offline_is_a_clear_error(tmp_path):
     code = (
         "from cxr.training.models import create_model\n"

@@ -126,6 +126,7 @@ def test_cam_needs_out(inputs, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_privacy_no_subject_id_in_any_output(tmp_path, capfd):
     fx = make_data(tmp_path / "data", seed=3)
     report = tmp_path / "reports" / "r"

@@ -40,6 +40,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_cli_trains_and_writes_the_contract(data, tmp_path, capsys):
     manifest, cache = data
     run = tmp_path / "run"
@@ -233,6 +234,7 @@ def test_label_without_positives_warns_and_is_left_out(tmp_path, capsys):
     assert row["val_macro_auroc"] == pytest.approx(sum(counted) / len(counted))
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(data, tmp_path):
     manifest, cache = data
     run = tmp_path / "ddp"
@@ -292,6 +294,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     assert float(loss) == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_demo_pipeline_trains_with_the_demo_config(demo_raw, tmp_path, capsys):
     """The real commands on the demo tree (demo -> manifest -> preprocess -> train), with the
     demo config shrunken to 64 px and a few epochs: the planted signals are learned."""
