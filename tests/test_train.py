@@ -555,3 +555,15 @@ def test_one_epoch_steps_once_per_batch_and_returns_the_mean_loss(data, tmp_path
     monkeypatch.setattr(t, "masked_bce", lambda logits, *a, **k: logits.sum() * float("nan"))
     with pytest.raises(CxrError, match="loss is not finite at epoch 2, step"):
         t.train_one_epoch(run, 2, state)
+
+
+def test_out_that_is_a_file_is_one_line(data, tmp_path, capsys):
+    manifest, cache = data
+    taken = tmp_path / "taken"
+    taken.write_text("not a run")
+    argv = ["train", *TINY, f"manifest={manifest}", f"cache={cache}", "--out", str(taken)]
+    for extra in ([], ["--resume"]):
+        assert main([*argv, *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a file; --out must be a directory" in err
+    assert taken.read_text() == "not a run"

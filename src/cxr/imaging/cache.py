@@ -1,6 +1,6 @@
 """The image cache: every manifest image decoded once, resized, in one uint8 memory-mapped array.
 
-Layout of `<data root>/interim/cache-<size>/` (the contract in ../shared/DESIGN.md):
+Layout of `<data root>/interim/cache-<size>/` (the contract the readers rely on):
 
     images.npy      uint8 (N, S, S), rows in manifest order; failed rows are all zeros
     index.parquet   dicom_id, row, ok, error  (written once every row has been attempted)
