@@ -102,7 +102,8 @@ def test_bad_files_are_recorded_not_fatal(data, capsys):
     rc = main(["--data-dir", str(data), "preprocess", "--size", "32", "--workers", "2"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "4 failed" in out and "file not found" in out and "empty file (0 bytes)" in out
+    assert "36 decoded, 4 failed" in out  # failures are not counted as decoded
+    assert "file not found" in out and "empty file (0 bytes)" in out
     assert "1000000" not in out  # subject ids (in the paths) never printed
     cache = load_cache(data / "interim" / "cache-32")
     idx = cache.index
@@ -120,7 +121,7 @@ def test_bad_files_are_recorded_not_fatal(data, capsys):
     (raw / paths[4]).rmdir()
     shutil.copy(raw / paths[0], raw / paths[4])
     result = build_cache(config(data))
-    assert result.done == 4 and result.skipped == 36 and len(result.failed) == 3
+    assert result.done == 1 and result.skipped == 36 and len(result.failed) == 3
     assert load_cache(data / "interim" / "cache-32").index["ok"][4]
 
 
@@ -231,6 +232,7 @@ def _after(seconds: float):
     return lambda: time.monotonic() - start > seconds
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_rerun_is_identical(tmp_path):
     """kill -9 `cxr preprocess` at many moments, rerun: byte-identical to an uninterrupted run."""
     root = tmp_path / "data"
@@ -260,6 +262,7 @@ def test_sigkill_at_any_moment_then_rerun_is_identical(tmp_path):
         assert snapshot(cache_dir) == reference, f"attempt {attempt}: differs after {kills} kills"
 
 
+@pytest.mark.slow
 def test_demo_manifest_to_cache(demo_raw, tmp_path):
     """The real chain: demo tree -> `cxr manifest` -> `cxr preprocess` -> rows for the manifest."""
     root = tmp_path / "data"
@@ -271,3 +274,142 @@ def test_demo_manifest_to_cache(demo_raw, tmp_path):
     rows = rows_for(cache, ids)
     np.testing.assert_array_equal(rows, np.arange(len(ids)))
     assert cache.images[rows].mean() > 10  # real pixels, not padding
+
+
+# -- one run at a time, shards together; Ctrl-C ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """240 JPEGs of 240 x 200: a run at 128 px takes long enough to be stopped mid-way."""
+    root = tmp_path_factory.mktemp("big")
+    make_dataset(root, 240, size=(240, 200))
+    return root
+
+
+def _copy(big: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(big, root)
+    info = root / "processed" / "manifest.json"
+    info.write_text(json.dumps({"raw_dir": str(root / "raw")}))
+    return root
+
+
+def _cmd(root: Path) -> list[str]:
+    return [sys.executable, "-m", "cxr", "--data-dir", str(root), "preprocess", "--size", "128"]
+
+
+def _stopped_holder(root: Path, *extra: str) -> subprocess.Popen:
+    """A `cxr preprocess` started and stopped (SIGSTOP) once it has recorded some rows."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [*_cmd(root), "--workers", "1", *extra]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cache_dir = root / "interim" / "cache-128"
+    deadline = time.monotonic() + 60
+    while _records(cache_dir) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGSTOP)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    return proc
+
+
+def _resume(proc: subprocess.Popen) -> tuple[int, str]:
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_a_second_run_is_refused_while_one_builds_and_the_first_completes(big, tmp_path, capsys):
+    """--force while another preprocess runs used to wipe its files under it (FileNotFoundError)."""
+    root = _copy(big, tmp_path)
+    first = _stopped_holder(root)
+    try:
+        argv = ["--data-dir", str(root), "preprocess", "--size", "128", "--workers", "1"]
+        for extra in (["--force"], [], ["--shard", "1/2"]):
+            assert main([*argv, *extra]) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "Traceback" not in err
+            assert "cache-128: in use by another cxr preprocess (full build" in err
+            assert f"pid {first.pid} on " in err and ", started 20" in err
+    finally:
+        rc, err = _resume(first)
+    assert rc == 0, err
+    cache = load_cache(root / "interim" / "cache-128")
+    assert cache.index["ok"].all()
+    m = manifest_of(root)
+    for row in (0, 119, 239):
+        expected = load_fitted(root / "raw" / m["image_path"][row], 128)
+        np.testing.assert_array_equal(cache.images[row], expected)
+    # the lock went with the run: a rerun proceeds (nothing left to do)
+    assert build_cache(config(root, size=128)).skipped == 240
+
+
+def test_shards_hold_the_cache_together_but_never_with_a_full_build(big, tmp_path, capsys):
+    root = _copy(big, tmp_path)
+    shard0 = _stopped_holder(root, "--shard", "0/2")
+    try:
+        # a line left by a shard that was SIGKILLed: its pid is gone, so it is not named
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        lock = root / "interim" / "cache-128" / ".run.lock"
+        with open(lock, "a") as f:
+            host = json.loads(lock.read_text().splitlines()[0])["host"]
+            f.write(json.dumps({"pid": dead.pid, "host": host, "run": "shard 1/2"}) + "\n")
+        # another shard runs beside it, by design
+        result = build_cache(config(root, size=128, shard=(1, 2)))
+        assert result.done > 0 and not result.complete
+        # a full build (forced or not) does not
+        argv = ["--data-dir", str(root), "preprocess", "--size", "128", "--workers", "1"]
+        for extra in ([], ["--force"]):
+            assert main([*argv, *extra]) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1
+            assert f"(shard 0/2: pid {shard0.pid} on " in err and str(dead.pid) not in err
+    finally:
+        rc, err = _resume(shard0)
+    assert rc == 0, err
+    assert load_cache(root / "interim" / "cache-128").index["ok"].all()  # shard 0 finished it
+    assert (root / "interim" / "cache-128" / ".run.lock").read_text() == ""
+
+
+def test_building_in_process_leaves_ctrl_c_working(data):
+    """With one worker the decoding runs in the calling process: it must not inherit what the
+    pool's workers do with SIGINT."""
+    handler = signal.getsignal(signal.SIGINT)
+    build_cache(config(data, workers=1))
+    build_cache(config(data, size=24, workers=2))
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_ctrl_c_with_workers_is_one_line_and_leaves_a_resumable_cache(big, tmp_path):
+    root = _copy(big, tmp_path)
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [*_cmd(root), "--workers", "2"]
+    cache_dir = root / "interim" / "cache-128"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    reference = snapshot(cache_dir)
+    shutil.rmtree(cache_dir)
+    # Ctrl-C in a terminal signals the whole foreground process group: parent and workers
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while _records(cache_dir) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    # The parent is held still so the run cannot finish before the Ctrl-C lands (on a busy
+    # machine it could); the workers take the signal at once, the parent when it goes on.
+    proc.send_signal(signal.SIGSTOP)
+    assert proc.poll() is None, "the run ended before Ctrl-C"
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "cxr preprocess: interrupted" in err
+    assert not (cache_dir / "index.parquet").exists()
+    # the rerun resumes: it skips what was recorded and ends with the uninterrupted bytes
+    rerun = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    assert "skipped as already cached" in rerun.stdout and " 0 skipped" not in rerun.stdout
+    assert snapshot(cache_dir) == reference

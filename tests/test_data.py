@@ -116,3 +116,88 @@ def test_config_overrides_and_errors(tmp_path):
         load_train_config(None, ["epochs=three"])
     with pytest.raises(CxrError, match="not found"):
         load_train_config(tmp_path / "nope.toml")
+
+
+# Every bad value is refused by the config itself, in one line naming the key and the range.
+BAD_VALUES = [
+    ("lr=nan", "lr=nan: must be a finite number > 0"),
+    ("lr=inf", "lr=inf: must be a finite number > 0"),
+    ("lr=0", "lr=0.0: must be a finite number > 0"),
+    ("weight_decay=-1", "weight_decay=-1.0: must be a finite number >= 0"),
+    ("threads=-1", "threads=-1: must be an integer >= 0"),
+    ("seed=-1", "seed=-1: must be an integer in [0, 4294967295]"),
+    ("seed=4294967296", "seed=4294967296: must be an integer in [0, 4294967295]"),
+    ("std=-1", "std=-1.0: must be a finite number > 0"),
+    ("std=0", "std=0.0: must be a finite number > 0"),
+    ("mean=nan", "mean=nan: must be a finite number in [0, 1]"),
+    ("grad_clip=-1", "grad_clip=-1.0: must be a finite number >= 0"),
+    ("min_lr_ratio=2", "min_lr_ratio=2.0: must be a finite number in [0, 1]"),
+    ("patience=-1", "patience=-1: must be an integer >= 0"),
+    ("warmup_epochs=-1", "warmup_epochs=-1.0: must be a finite number >= 0"),
+    ("epochs=0", "epochs=0: must be an integer >= 1"),
+    ("batch_size=0", "batch_size=0: must be an integer >= 1"),
+    ("image_size=4", "image_size=4: must be an integer >= 8"),
+    ("cache_size=-1", "cache_size=-1: must be 0 (the cache of image_size) or an integer >= 8"),
+    ("prefetch=-2", "prefetch=-2: must be an integer >= 0"),
+    ("limit_train_batches=-1", "limit_train_batches=-1: must be an integer >= 0"),
+    ("stop_after_epochs=-1", "stop_after_epochs=-1: must be an integer >= 0"),
+    ("device=gpu", "device='gpu': must be one of auto, cpu, cuda"),
+    ("pos_weight=yes", "pos_weight='yes': must be one of none, auto"),
+    ("model=vgg", "model='vgg': must be one of densenet121"),
+    ("augment.scale_min=2", "augment.scale_min=2.0: must be a finite number in (0, 1]"),
+    ("augment.scale_min=0", "augment.scale_min=0.0: must be a finite number in (0, 1]"),
+    ("augment.ratio_max=0.5", "augment.ratio_max=0.5: must be a finite number >= 1"),
+    ("augment.rotation=-3", "augment.rotation=-3.0: must be a finite number in [0, 180]"),
+    ("augment.brightness=nan", "augment.brightness=nan: must be a finite number in [0, 1]"),
+    ("augment.contrast=5", "augment.contrast=5.0: must be a finite number in [0, 1]"),
+    ("labels=[]", "labels=[]: the label list must not be empty"),
+    ("labels=['Edema','Edema']", "['Edema'] listed more than once"),
+    ("policy.uncertain=maybe", "policy.uncertain='maybe': must be one of ignore, zeros, ones"),
+    ("policy.missing=ones", "policy.missing='ones': must be one of zeros, ignore"),
+    ("policy.overrides.Edema=ones", "policy.overrides.Edema='ones': must be a table"),
+    (
+        "policy.overrides.Edema.uncertain=2",
+        "policy.overrides.Edema.uncertain=2: must be one of ignore, zeros, ones",
+    ),
+    ("amp=1", "amp = 1 should be bool"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_config_value_is_one_line_exit_1_and_writes_nothing(
+    override, message, fixture, tmp_path, capsys
+):
+    from cxr.cli import main
+
+    manifest, cache = fixture
+    run = tmp_path / "run"
+    args = ["train", "model=cxr_small", "image_size=32", f"manifest={manifest}", f"cache={cache}"]
+    assert main([*args, override, "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("cxr train: error: config: ") and message in err, err
+    assert not run.exists()
+
+
+def test_every_config_key_has_a_range():
+    """A key added to TrainConfig or AugmentConfig without a range check fails here."""
+    import dataclasses
+
+    from cxr.training import config as c
+
+    checked = set(c._TRAIN_RANGES) | set(c._NESTED)
+    assert {f.name for f in dataclasses.fields(c.TrainConfig)} == checked
+    assert {f.name for f in dataclasses.fields(AugmentConfig)} == set(c._AUGMENT_RANGES)
+    # and the shipped configs pass them
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
+        load_train_config(path)
+
+
+def test_config_that_is_a_directory_is_one_line(tmp_path, capsys):
+    from cxr.cli import main
+
+    assert main(["train", "--config", str(tmp_path), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a directory, not a config file" in err

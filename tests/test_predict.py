@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _eval_fixtures import make_checkpoint, make_data
+from _eval_fixtures import make_data
 from cxr.cli import main
 from cxr.mimic.schema import LABELS
+from train_fixtures import write_checkpoint
 from xray_fixtures import write_dicom
 
 
@@ -28,7 +29,7 @@ def _xray(h=60, w=50, seed=0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("pred")
-    ckpt = make_checkpoint(d / "models" / "best.pt")
+    ckpt = write_checkpoint(d / "models" / "best.pt")
     img = _xray()
     files = d / "in"
     (files / "sub").mkdir(parents=True)
@@ -125,6 +126,7 @@ def test_cam_needs_out(inputs, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_privacy_no_subject_id_in_any_output(tmp_path, capfd):
     fx = make_data(tmp_path / "data", seed=3)
     report = tmp_path / "reports" / "r"
@@ -180,3 +182,86 @@ def test_no_image_files_is_one_line_and_writes_nothing(inputs, tmp_path, capsys)
     assert captured.out == "" and captured.err.count("\n") == 1
     assert "no image files found" in captured.err
     assert not out.exists()
+
+
+def test_out_that_is_a_file_is_one_line_and_writes_nothing(inputs, tmp_path, capsys):
+    _, ckpt, files, _ = inputs
+    taken = tmp_path / "taken"
+    taken.write_text("a file the user keeps")
+    for out in (taken, taken / "sub"):
+        assert main(["predict", "--checkpoint", str(ckpt), str(files), "--out", str(out)]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+        assert "is a file, not a directory" in captured.err and "Traceback" not in captured.err
+    assert taken.read_text() == "a file the user keeps"
+
+
+def test_checkpoint_with_bad_preprocessing_is_one_line_for_predict_and_evaluate(
+    inputs, tmp_path, capsys
+):
+    """A checkpoint whose image size is -5: refused when loaded, before any image is read."""
+    import torch
+
+    _, ckpt, files, _ = inputs
+    bad = torch.load(ckpt, weights_only=True)
+    bad["preprocess"]["image_size"] = -5
+    path = tmp_path / "bad.pt"
+    torch.save(bad, path)
+    for argv in (
+        ["predict", "--checkpoint", str(path), str(files)],
+        ["--data-dir", str(tmp_path), "evaluate", "--checkpoint", str(path)],
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "preprocess.image_size=-5: must be an integer >= 8" in err
+
+
+def test_old_and_new_checkpoint_formats_predict_the_same(inputs, tmp_path, capsys):
+    """A checkpoint written before the preprocess block (image_size, normalization, in_chans,
+    config.cache_size) predicts exactly as the same weights with the block."""
+    import torch
+
+    _, _, files, _ = inputs
+    new = write_checkpoint(tmp_path / "new.pt", image_size=24, source_size=40, mean=0.45)
+    old = {k: v for k, v in torch.load(new, weights_only=True).items() if k != "preprocess"}
+    old["config"] = {"cache_size": 40}
+    torch.save(old, tmp_path / "old.pt")
+    tables = []
+    for path in (new, tmp_path / "old.pt"):
+        assert main(["predict", "--checkpoint", str(path), str(files / "plain.jpg")]) == 0
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1]
+    # and they differ from a checkpoint that read other squares: the block is what is used
+    other = write_checkpoint(tmp_path / "other.pt", image_size=24, source_size=24, mean=0.45)
+    assert main(["predict", "--checkpoint", str(other), str(files / "plain.jpg")]) == 0
+    assert capsys.readouterr().out != tables[0]
+
+
+def test_decoder_other_than_the_training_cache_is_warned_about(inputs, tmp_path, capsys):
+    _, _, files, _ = inputs
+    ckpt = write_checkpoint(tmp_path / "m.pt", method="pillow-draft+some-older-resampler")
+    assert main(["predict", "--checkpoint", str(ckpt), str(files / "plain.jpg")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("cxr predict: warning: the model was trained on images decoded with ")
+    assert err.count("\n") == 1
+
+
+def test_device_defaults_to_auto_and_is_checked(inputs, capsys):
+    import torch
+
+    from cxr.cli import build_parser
+    from cxr.inference.runtime import resolve_device
+
+    args = build_parser().parse_args(["predict", "--checkpoint", "x.pt", "in"])
+    assert args.device == "auto"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device(resolve_device("cpu")) == torch.device("cpu")  # idempotent
+    _, ckpt, files, _ = inputs
+    bad = ["quantum"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:0"])
+    for device in bad:
+        argv = ["predict", "--checkpoint", str(ckpt), str(files), "--device", device]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"device '{device}'" in err

@@ -13,6 +13,7 @@ import torch
 
 from cxr.cli import main
 from cxr.core.errors import CxrError
+from cxr.imaging.cache import PreprocessConfig, build_cache
 from cxr.mimic.schema import LABELS
 from cxr.training.checkpoint import load_checkpoint, model_from_checkpoint
 from cxr.training.config import load_train_config
@@ -39,6 +40,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_cli_trains_and_writes_the_contract(data, tmp_path, capsys):
     manifest, cache = data
     run = tmp_path / "run"
@@ -63,8 +65,18 @@ def test_cli_trains_and_writes_the_contract(data, tmp_path, capsys):
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["arch"] == "cxr_small" and best["image_size"] == 32 and len(best["labels"]) == 14
     assert best["normalization"] == {"mean": 0.5, "std": 0.29}
-    # the cache size actually read is recorded (cache_size was left at 0): inference rebuilds from it
-    assert best["config"]["cache_size"] == 32
+    # the one block inference reads: what training saw, down to the cache's decoder
+    # (cache_size was left at 0: the size of the cache actually read is recorded)
+    method = json.loads((cache / "cache.json").read_text())["method"]
+    assert best["preprocess"] == {
+        "image_size": 32,
+        "source_size": 32,
+        "mean": 0.5,
+        "std": 0.29,
+        "in_chans": 1,
+        "method": method,
+    }
+    assert method.startswith("pillow-draft+") and best["config"]["cache_size"] == 32
     assert "optimizer" in torch.load(run / "last.pt", weights_only=True)
     # nothing written identifies a patient
     subjects = {str(s) for s in pl.read_parquet(manifest)["subject_id"].to_list()}
@@ -187,7 +199,7 @@ def test_bad_inputs(data, tmp_path):
     with pytest.raises(CxrError, match="another manifest"):
         train(tiny(data, tmp_path / "r2", f"manifest='{other}'"))
     # unknown model: named before any data is read
-    with pytest.raises(CxrError, match=r"unknown model 'vgg'.*densenet121"):
+    with pytest.raises(CxrError, match=r"model='vgg'.*densenet121"):
         train(tiny(data, tmp_path / "r4", "model=vgg", "cache='/nonexistent'"))
     # a GPU asked for where there is none
     if not torch.cuda.is_available():
@@ -210,12 +222,10 @@ def test_label_without_positives_warns_and_is_left_out(tmp_path, capsys):
         .alias("Fracture")
     )
     df.write_parquet(manifest)
-    import hashlib
-
-    meta = json.loads((cache / "cache.json").read_text())
-    meta["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
-    (cache / "cache.json").write_text(json.dumps(meta))
-    (manifest.with_suffix(".json")).unlink()
+    # the cache is rebuilt for the changed manifest, as `cxr preprocess --force` would
+    build_cache(
+        PreprocessConfig(manifest=manifest, cache_dir=cache, size=32, workers=1, force=True)
+    )
     # pos_weight=auto too: a label without positives gets weight 1, not inf
     train(tiny((manifest, cache), tmp_path / "run", "epochs=1", "pos_weight='auto'"))
     assert "no positive train images for Fracture" in capsys.readouterr().err
@@ -224,6 +234,7 @@ def test_label_without_positives_warns_and_is_left_out(tmp_path, capsys):
     assert row["val_macro_auroc"] == pytest.approx(sum(counted) / len(counted))
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(data, tmp_path):
     manifest, cache = data
     run = tmp_path / "ddp"
@@ -283,6 +294,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     assert float(loss) == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_demo_pipeline_trains_with_the_demo_config(demo_raw, tmp_path, capsys):
     """The real commands on the demo tree (demo -> manifest -> preprocess -> train), with the
     demo config shrunken to 64 px and a few epochs: the planted signals are learned."""
@@ -299,3 +311,259 @@ def test_demo_pipeline_trains_with_the_demo_config(demo_raw, tmp_path, capsys):
     rows = metrics(run)
     assert rows[-1]["val_macro_auroc"] > 0.7
     assert "subject_id" not in capsys.readouterr().out
+
+
+# -- kills at every save ------------------------------------------------------------------------
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.toml")
+
+
+class Killed(BaseException):
+    """A stand-in for SIGKILL: no `except Exception` of the code under test catches it."""
+
+
+def _saves_into(run: Path, monkeypatch, kill_at: int | None = None) -> list[str]:
+    """Watch the renames that commit the run's files (every atomic write ends in one).
+
+    With `kill_at`, the rename of that index never happens: its temporary file is left behind as
+    a killed process would leave it, and Killed is raised.
+    """
+    names: list[str] = []
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        dst_path = Path(dst)
+        if dst_path.parent == run and dst_path.name in RUN_FILES:
+            if kill_at is not None and len(names) == kill_at:
+                stale = Path(src).with_name(Path(src).name.replace(".tmp", "x.tmp"))
+                Path(stale).write_bytes(Path(src).read_bytes())
+                raise Killed(dst_path.name)
+            names.append(dst_path.name)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return names
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two run directories hold the same result: checkpoints' tensors and state, metrics."""
+    for name in ("last.pt", "best.pt"):
+        ca, cb = load_checkpoint(a / name), load_checkpoint(b / name)
+        assert ca["epoch"] == cb["epoch"], name
+        assert ca["model"].keys() == cb["model"].keys()
+        for key in ca["model"]:
+            assert torch.equal(ca["model"][key], cb["model"][key]), (name, key)
+    la, lb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert (la["best_epoch"], la["bad_epochs"], la["scheduler"]) == (
+        lb["best_epoch"],
+        lb["bad_epochs"],
+        lb["scheduler"],
+    )
+    for sa, sb in zip(
+        la["optimizer"]["state"].values(), lb["optimizer"]["state"].values(), strict=True
+    ):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ma, mb = metrics(a), metrics(b)
+    for row in (*ma, *mb):
+        del row["images_per_s"]
+    assert ma == mb
+    assert not [p.name for p in b.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_kill_at_any_save_leaves_a_run_that_resume_completes(data, tmp_path, monkeypatch):
+    """Kill the run at each rename that commits one of its files (and so between any two
+    saves), leaving the temporary file a killed writer leaves; `--resume` then completes the
+    run, and the result is the uninterrupted run's."""
+    args = ("epochs=3", "patience=0")
+    reference = tmp_path / "reference"
+    with monkeypatch.context() as m:
+        saves = _saves_into(reference, m)
+        train(tiny(data, reference, *args))
+    assert saves.count("last.pt") == 3 and "best.pt" in saves
+    for k, name in enumerate(saves):
+        run = tmp_path / f"killed-{k}"
+        with monkeypatch.context() as m:
+            _saves_into(run, m, kill_at=k)
+            with pytest.raises(Killed):
+                train(tiny(data, run, *args))
+        assert list(run.glob(f".{name}.*.tmp")), "the kill leaves the temporary file"
+        # a fresh run never overwrites what the killed one saved
+        if (run / "best.pt").exists() or (run / "last.pt").exists():
+            with pytest.raises(CxrError, match="--resume"):
+                train(tiny(data, run, *args))
+        train(tiny(data, run, *args), resume=True)
+        _same_run(reference, run)
+
+
+def test_resume_with_only_best_pt_starts_again(data, tmp_path):
+    """A run killed between best.pt and last.pt of epoch 1 (as runs before the save order
+    was fixed could be): no epoch's full state exists, so resume starts again at epoch 1."""
+    args = ("epochs=2", "patience=0")
+    train(tiny(data, tmp_path / "reference", *args))
+    run = tmp_path / "run"
+    train(tiny(data, run, "epochs=2", "patience=0", "stop_after_epochs=1"))
+    (run / "last.pt").unlink()
+    (run / "metrics.jsonl").unlink()
+    (run / ".last.pt.abc123.tmp").write_bytes(b"torn")
+    train(tiny(data, run, *args), resume=True)
+    _same_run(tmp_path / "reference", run)
+
+
+def test_resume_when_metrics_are_ahead_of_or_behind_last_pt(data, tmp_path):
+    args = ("epochs=3", "patience=0")
+    train(tiny(data, tmp_path / "reference", *args))
+    run = tmp_path / "run"
+    train(tiny(data, run, *args, "stop_after_epochs=2"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    # ahead: a line of an epoch last.pt does not hold (and a line no one can read)
+    ahead = json.loads(lines[-1]) | {"epoch": 3}
+    (run / "metrics.jsonl").write_text("\n".join([*lines, json.dumps(ahead), "{torn"]) + "\n")
+    train(tiny(data, run, *args), resume=True)
+    _same_run(tmp_path / "reference", run)
+    # behind: last.pt holds the lines, so a metrics.jsonl that lost epochs is rewritten
+    run2 = tmp_path / "run2"
+    train(tiny(data, run2, *args, "stop_after_epochs=2"))
+    (run2 / "metrics.jsonl").write_text(lines[0] + "\n")
+    train(tiny(data, run2, *args), resume=True)
+    _same_run(tmp_path / "reference", run2)
+
+
+def test_resume_rewrites_a_best_pt_the_kill_kept_from_being_saved(data, tmp_path):
+    """Killed after last.pt of an epoch that was the best, before best.pt: last.pt holds that
+    model, and resume writes best.pt from it before going on."""
+    run = tmp_path / "run"
+    train(tiny(data, run, "epochs=1"))
+    best = load_checkpoint(run / "best.pt")
+    (run / "best.pt").unlink()
+    train(tiny(data, run, "epochs=1"), resume=True)
+    again = load_checkpoint(run / "best.pt")
+    assert again["epoch"] == 1 and "optimizer" not in again
+    assert all(torch.equal(best["model"][k], again["model"][k]) for k in best["model"])
+
+
+@pytest.mark.slow
+def test_sigkilled_process_resumes_from_the_command_line(data, tmp_path):
+    """A real process dies (os._exit, as under SIGKILL: no cleanup) in the middle of writing
+    each checkpoint of epoch 1; `cxr train --resume --out RUN` alone then completes the run."""
+    manifest, cache = data
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{Path(__file__).parent}"}
+    argv = [*TINY, "epochs=2", "patience=0", f"manifest={manifest}", f"cache={cache}"]
+    reference = tmp_path / "reference"
+    subprocess.run(
+        [sys.executable, "-m", "cxr", "-q", "train", *argv, "--out", str(reference)],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    die = (
+        "import os, sys, torch\n"
+        "from cxr.cli import main\n"
+        "target, real = sys.argv.pop(1), torch.save\n"
+        "def save(obj, f, *a, **k):\n"
+        "    real(obj, f, *a, **k)\n"
+        "    if os.path.basename(str(f)).startswith(f'.{target}.'):\n"
+        "        os._exit(9)  # the temporary file is written, the rename never happens\n"
+        "torch.save = save\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    for target in ("last.pt", "best.pt"):
+        run = tmp_path / f"killed-in-{target}"
+        killed = subprocess.run(
+            [sys.executable, "-c", die, target, "-q", "train", *argv, "--out", str(run)],
+            env=env,
+            timeout=300,
+        )
+        assert killed.returncode == 9
+        assert list(run.glob(f".{target}.*.tmp"))
+        resumed = subprocess.run(
+            [sys.executable, "-m", "cxr", "-q", "train", "--resume", "--out", str(run)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        _same_run(reference, run)
+
+
+# -- the steps, one at a time -------------------------------------------------------------------
+
+
+def _cpu():
+    from cxr.training.train import Dist
+
+    return Dist(0, 1, torch.device("cpu"))
+
+
+def test_validate_scores_the_model_on_every_validate_image(data, tmp_path):
+    from cxr.training.augment import eval_transform
+    from cxr.training.train import setup, validate
+
+    run_dir = tmp_path / "run"
+    cfg = tiny(data, run_dir, "epochs=1")
+    run, state = setup(cfg, False, _cpu())
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    val = validate(run, 1, state)
+    # the same numbers from the whole split in one batch
+    ds = run.val_ds
+    batch = ds.batch(np.arange(len(ds)))
+    with torch.no_grad():
+        logits = run.model.eval()(eval_transform(batch.img, 32, cfg.mean, cfg.std))
+    pos = batch.positions
+    expected = validation_aurocs(
+        ds.study_ids[pos.numpy()], torch.sigmoid(logits).numpy(), ds.raw_labels[pos.numpy()], LABELS
+    )
+    assert val["val_auroc"] == pytest.approx(expected, abs=1e-6)
+    loss = masked_bce(logits, ds.targets[pos], ds.mask[pos])
+    assert val["val_loss"] == pytest.approx(float(loss), rel=1e-5)
+    counted = [v for k, v in expected.items() if v is not None and k not in run.one_class]
+    assert val["val_macro_auroc"] == pytest.approx(float(np.mean(counted)), abs=1e-6)
+    # validation changes no weights, and neither it nor setup writes anything
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    assert not run_dir.exists()
+
+
+def test_one_epoch_steps_once_per_batch_and_returns_the_mean_loss(data, tmp_path, monkeypatch):
+    import cxr.training.train as t
+
+    cfg = tiny(data, tmp_path / "run", "epochs=2")
+    run, state = t.setup(cfg, False, _cpu())
+    losses: list[tuple[float, int]] = []
+    real = t.masked_bce
+
+    def recording(logits, targets, mask, pos_weight=None):
+        loss = real(logits, targets, mask, pos_weight)
+        losses.append((float(loss.detach()), len(logits)))
+        return loss
+
+    monkeypatch.setattr(t, "masked_bce", recording)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    train_loss, images_per_s = t.train_one_epoch(run, 1, state)
+    assert len(losses) == run.steps_per_epoch == run.scheduler.last_epoch > 1
+    weighted = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+    assert train_loss == pytest.approx(weighted, rel=1e-6)
+    assert images_per_s > 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, run.model.parameters(), strict=True))
+    # an epoch depends on (seed, epoch) and the starting state alone: rerun, it is the same
+    again, state2 = t.setup(cfg, False, _cpu())
+    t.train_one_epoch(again, 1, state2)
+    for a, b in zip(
+        run.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    # a non-finite loss stops the epoch and names it
+    monkeypatch.setattr(t, "masked_bce", lambda logits, *a, **k: logits.sum() * float("nan"))
+    with pytest.raises(CxrError, match="loss is not finite at epoch 2, step"):
+        t.train_one_epoch(run, 2, state)
+
+
+def test_out_that_is_a_file_is_one_line(data, tmp_path, capsys):
+    manifest, cache = data
+    taken = tmp_path / "taken"
+    taken.write_text("not a run")
+    argv = ["train", *TINY, f"manifest={manifest}", f"cache={cache}", "--out", str(taken)]
+    for extra in ([], ["--resume"]):
+        assert main([*argv, *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a file; --out must be a directory" in err
+    assert taken.read_text() == "not a run"

@@ -1,17 +1,20 @@
-"""A tiny manifest + image cache built directly per the contracts, with a planted signal.
+"""A tiny manifest, image cache and checkpoint with a planted signal, built by cxr's own code.
 
 Each label j lights up its own square of the image when positive, so a small CNN learns it in a
-couple of epochs. Used by the data and training tests (kept out of conftest.py so it merges cleanly).
+couple of epochs. The images are written as PNG files and cached by `cxr.imaging.cache.build_cache`
+(the code `cxr preprocess` runs), and checkpoints by `cxr.training.checkpoint`, so a change of
+either format reaches these tests. Used by the data, training and predict tests (kept out of
+conftest.py so it merges cleanly).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from PIL import Image
 
 from cxr.mimic.schema import LABELS
 
@@ -27,7 +30,13 @@ def make_fixture(
     seed: int = 0,
     failed: int = 0,
 ) -> tuple[Path, Path]:
-    """Write root/manifest.parquet (+ .json) and root/cache-<size>/; return their paths."""
+    """Write root/raw/ (PNG files), root/manifest.parquet (+ .json) and root/cache-<size>/.
+
+    `failed` train images are written as bytes no decoder reads, so the cache records them as
+    failed rows. Returns (manifest path, cache directory).
+    """
+    from cxr.imaging.cache import PreprocessConfig, build_cache
+
     n_studies = n_studies or {"train": 48, "validate": 16, "test": 8}
     rng = np.random.default_rng(seed)
     rows, images = [], []
@@ -51,15 +60,16 @@ def make_fixture(
                     if v == 1.0:
                         r, c = divmod(j, grid)
                         img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] += 150
+                dicom_id = _dicom_id(rng)
                 images.append(img)
                 rows.append(
                     {
-                        "dicom_id": _dicom_id(rng),
+                        "dicom_id": dicom_id,
                         "study_id": study,
                         "subject_id": subject,
                         "split": split,
                         "view_position": "PA",
-                        "image_path": f"files/p{str(subject)[:2]}/p{subject}/s{study}/x.jpg",
+                        "image_path": f"files/p{str(subject)[:2]}/p{subject}/s{study}/{dicom_id}.png",
                         "report_path": None,
                         **{name: labels[j] for j, name in enumerate(LABELS)},
                         "rows": size,
@@ -70,36 +80,69 @@ def make_fixture(
         [pl.col(name).cast(pl.Float32) for name in LABELS]
         + [pl.col("study_id").cast(pl.Int64), pl.col("subject_id").cast(pl.Int64)]
     )
-    order = df.with_row_index("_i").sort(["split", "study_id", "dicom_id"])["_i"].to_numpy()
-    df = df[order]
-    images = np.stack(images)[order]
+    raw = root / "raw"
+    unreadable = set()
+    if failed:
+        train_rows = np.flatnonzero(df["split"].to_numpy() == "train")
+        unreadable = {int(i) for i in rng.choice(train_rows, failed, replace=False)}
+    for i, (path, img) in enumerate(zip(df["image_path"], images, strict=True)):
+        target = raw / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if i in unreadable:
+            target.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 4)
+        else:
+            Image.fromarray(img).save(target, format="PNG")
+    # The manifest's order, as `cxr manifest` writes it.
+    df = df.sort(["split", "study_id", "dicom_id"])
     root.mkdir(parents=True, exist_ok=True)
     manifest = root / "manifest.parquet"
     df.write_parquet(manifest)
-    sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
-    (root / "manifest.json").write_text(json.dumps({"sha256": sha, "raw_dir": str(root)}))
+    (root / "manifest.json").write_text(json.dumps({"raw_dir": str(raw)}))
     cache = root / f"cache-{size}"
-    cache.mkdir()
-    # Cache rows in another order than the manifest, as a parallel preprocess may leave them.
-    perm = rng.permutation(len(df))
-    np.save(cache / "images.npy", images[perm])
-    row_of = np.empty(len(df), dtype=np.int64)
-    row_of[perm] = np.arange(len(df))
-    ok = np.ones(len(df), dtype=bool)
-    if failed:
-        ok[rng.choice(np.flatnonzero(df["split"].to_numpy() == "train"), failed, replace=False)] = (
-            False
-        )
-    pl.DataFrame(
-        {
-            "dicom_id": df["dicom_id"],
-            "row": row_of,
-            "ok": ok,
-            "error": [None if k else "decode error" for k in ok],
-        },
-        schema={"dicom_id": pl.String, "row": pl.Int64, "ok": pl.Boolean, "error": pl.String},
-    ).write_parquet(cache / "index.parquet")
-    (cache / "cache.json").write_text(
-        json.dumps({"size": size, "method": "test", "manifest_sha256": sha, "n": len(df)})
+    result = build_cache(
+        PreprocessConfig(manifest=manifest, cache_dir=cache, raw=raw, size=size, workers=1)
     )
+    assert result.complete and len(result.failed) == failed
     return manifest, cache
+
+
+def write_checkpoint(
+    path: Path,
+    *,
+    arch: str = "cxr_small",
+    labels: list[str] | tuple[str, ...] = LABELS,
+    image_size: int = 32,
+    source_size: int | None = None,
+    mean: float = 0.5,
+    std: float = 0.25,
+    method: str | None = None,
+    seed: int = 0,
+) -> Path:
+    """A checkpoint of a randomly initialised model, as `cxr train` saves best.pt."""
+    import torch
+
+    from cxr.imaging.images import METHOD
+    from cxr.training.checkpoint import make_checkpoint, save_checkpoint
+    from cxr.training.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, num_labels=len(labels), in_chans=1)
+    ckpt = make_checkpoint(
+        model,
+        arch=arch,
+        labels=list(labels),
+        preprocess={
+            "image_size": image_size,
+            "source_size": source_size or image_size,
+            "mean": mean,
+            "std": std,
+            "in_chans": 1,
+            "method": METHOD if method is None else method,
+        },
+        label_policy={"uncertain": "ignore", "missing": "zeros", "overrides": {}},
+        config={"model": arch, "image_size": image_size, "cache_size": source_size or 0},
+        epoch=1,
+        val_metrics={"val_macro_auroc": 0.5},
+    )
+    save_checkpoint(path, ckpt)
+    return path

@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", default="csv", choices=("csv", "json"))
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: CUDA when available, else the CPU), cpu, cuda or cuda:N",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     result, text = predict(cfg)
+    for note in result.notes:
+        print(f"cxr predict: warning: {note}", file=sys.stderr)
     for file, reason in result.failures:
         print(f"cxr predict: skipped {file}: {reason}", file=sys.stderr)
     if cfg.out is None:

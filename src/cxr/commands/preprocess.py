@@ -57,14 +57,15 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
     )
     result = build_cache(config)
-    rate = result.done / result.seconds if result.seconds > 0 else 0.0
+    attempted = result.done + len(result.failed)
+    rate = attempted / result.seconds if result.seconds > 0 else 0.0
     where = f" (shard {args.shard})" if args.shard else ""
-    if result.done == 0 and not result.failed:
+    if attempted == 0:
         info(f"cache {config.cache_dir}{where}: nothing to do, {result.skipped} already cached")
     else:
         info(
-            f"cache {config.cache_dir}{where}: {result.done} decoded ({rate:.0f} images/s), "
-            f"{result.skipped} skipped as already cached, {len(result.failed)} failed"
+            f"cache {config.cache_dir}{where}: {result.done} decoded, {len(result.failed)} "
+            f"failed ({rate:.0f} images/s), {result.skipped} skipped as already cached"
         )
     if result.failed:
         # Failures are always printed (not only without --quiet): they need the user's attention.

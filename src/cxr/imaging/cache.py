@@ -1,12 +1,13 @@
 """The image cache: every manifest image decoded once, resized, in one uint8 memory-mapped array.
 
-Layout of `<data root>/interim/cache-<size>/` (the contract in ../shared/DESIGN.md):
+Layout of `<data root>/interim/cache-<size>/` (the contract the readers rely on):
 
     images.npy      uint8 (N, S, S), rows in manifest order; failed rows are all zeros
     index.parquet   dicom_id, row, ok, error  (written once every row has been attempted)
     cache.json      size, method, manifest_sha256, n, created, cxr_version
     journal/        completion records: one JSON line per finished chunk of rows
     .lock           serialises creation when several shards start at once
+    .run.lock       held by every run for its whole length (below); names the runs holding it
 
 Kill safety: a chunk's rows are written into the memmap and flushed (msync) by the worker before
 the parent appends the chunk's record to the journal and fsyncs it. A row counts as done only
@@ -14,6 +15,12 @@ once a journal record says so, so a SIGKILL at any moment loses at most unrecord
 the next run redoes (decoding is deterministic, so redone rows are byte-identical). A torn last
 journal line is ignored. index.parquet is derived from the journal and written atomically when
 the last row is recorded.
+
+One run at a time: a full build (or --force) holds `.run.lock` exclusively, shard writers hold it
+shared (they fill disjoint rows, so they run together by design). A run that cannot take it stops
+with one line naming the holders (pid, host, start time) from the lock file; the lock goes with
+its process, however that ends. Workers ignore SIGINT: on Ctrl-C the parent alone stops, ends the
+pool and leaves a cache the next run resumes.
 
 Sharding: `--shard i/n` takes the i-th of n contiguous blocks of rows. The pixel data starts on a
 page boundary and blocks start on page boundaries, so shards on different machines writing one
@@ -46,6 +53,7 @@ INDEX = "index.parquet"
 META = "cache.json"
 JOURNAL = "journal"
 LOCK = ".lock"
+RUN_LOCK = ".run.lock"
 PAGE = 4096
 INDEX_SCHEMA = {"dicom_id": pl.String, "row": pl.Int64, "ok": pl.Boolean, "error": pl.String}
 
@@ -125,7 +133,7 @@ class PreprocessConfig:
 @dataclass
 class BuildResult:
     n: int
-    done: int  # decoded in this run
+    done: int  # decoded in this run (failures not included)
     skipped: int  # already cached before this run
     failed: list[tuple[str, str]]  # (dicom_id, reason), this run
     pending: int  # rows no run has attempted yet (other shards' work)
@@ -193,6 +201,95 @@ def _locked(d: Path) -> Iterator[None]:
         yield
     finally:
         fcntl.lockf(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class CacheBusy(CxrError):
+    """Another run holds the cache directory."""
+
+
+def _holders(lock_path: Path) -> list[dict]:
+    """The runs named in the lock file, less those known dead (same host, pid gone)."""
+    import socket
+
+    try:
+        text = lock_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    here = socket.gethostname()
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+            pid = int(rec["pid"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if rec.get("host") == here:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue  # killed without a chance to clean up: its lock went with it
+            except PermissionError:
+                pass  # alive, another user's
+        out.append(rec)
+    return out
+
+
+def _describe(holders: list[dict]) -> str:
+    if not holders:
+        return "another cxr preprocess (it has not said which yet)"
+    parts = [
+        f"{h.get('run', 'a run')}: pid {h.get('pid')} on {h.get('host', '?')}, "
+        f"started {h.get('started', '?')}"
+        for h in holders
+    ]
+    return "another cxr preprocess (" + "; ".join(parts) + ")"
+
+
+@contextlib.contextmanager
+def hold_cache(d: Path, run: str, shared: bool) -> Iterator[int]:
+    """Hold cache directory `d` for a whole run: shared for shard writers, else exclusive.
+
+    flock, so the kernel releases it when the process ends, even by SIGKILL. The holder writes a
+    line naming itself (pid, host, start time, `run`) into the lock file for anyone refused.
+    Yields the lock's file descriptor.
+    """
+    import fcntl
+    import socket
+
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / RUN_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holders = _holders(path)
+            for _ in range(20):  # a holder that has just started writes its line at once
+                if holders:
+                    break
+                time.sleep(0.05)
+                holders = _holders(path)
+            raise CacheBusy(
+                f"{d}: in use by {_describe(holders)}; wait for it to finish or stop it"
+            ) from None
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "run": run,
+        }
+        if not shared:
+            os.ftruncate(fd, 0)  # lines of runs that were killed: nobody else holds it now
+        with open(path, "a", encoding="utf-8") as f:  # O_APPEND: shard lines never interleave
+            f.write(json.dumps(me) + "\n")
+        yield fd
+    finally:
+        # The last holder out leaves an empty file (a run that cannot take the lock at once
+        # fails, so nothing waits on this conversion).
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
         os.close(fd)
 
 
@@ -316,6 +413,18 @@ def _init_worker(images_path: str, size: int) -> None:
     _worker["size"] = size
 
 
+def _init_pool_worker(images_path: str, size: int, lock_fd: int = -1) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and ends the pool).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if lock_fd >= 0:
+        # A forked copy of the run lock: the parent's run holds the cache, not its workers.
+        with contextlib.suppress(OSError):
+            os.close(lock_fd)
+    _init_worker(images_path, size)
+
+
 def _process_chunk(task: list[tuple[int, str]]) -> tuple[list[int], list[str | None]]:
     from cxr.imaging.images import ImageReadError, load_fitted
 
@@ -374,6 +483,16 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
         "raw_dir": str(raw),
     }
     d = config.cache_dir
+    if config.shard is None:
+        with hold_cache(d, "full build" + (" (--force)" if config.force else ""), False) as fd:
+            return _build(config, d, df, raw, meta, t0, fd)
+    with hold_cache(d, f"shard {config.shard[0]}/{config.shard[1]}", True) as fd:
+        return _build(config, d, df, raw, meta, t0, fd)
+
+
+def _build(config, d: Path, df: pl.DataFrame, raw: Path, meta: dict, t0: float, lock_fd: int):
+    """build_cache's work, run while this process holds the cache (`lock_fd`)."""
+    n = df.height
     open_or_create(d, meta, config.force)
 
     done, prev_errors = read_journal(d, n)
@@ -397,7 +516,7 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
     failed: list[tuple[str, str]] = []
     n_done = 0
     if tasks:
-        n_done, failed = _run_tasks(d, tasks, config, workers, len(todo_rows), dicom_ids)
+        n_done, failed = _run_tasks(d, tasks, config, workers, len(todo_rows), dicom_ids, lock_fd)
 
     done, errors = read_journal(d, n)
     complete = bool(done.all())
@@ -405,7 +524,7 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
         write_index(d, dicom_ids, errors)
     return BuildResult(
         n=n,
-        done=n_done,
+        done=n_done - len(failed),
         skipped=skipped,
         failed=failed,
         pending=int((~done).sum()),
@@ -414,7 +533,10 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
     )
 
 
-def _run_tasks(d, tasks, config, workers, total, dicom_ids) -> tuple[int, list[tuple[str, str]]]:
+def _run_tasks(
+    d, tasks, config, workers, total, dicom_ids, lock_fd=-1
+) -> tuple[int, list[tuple[str, str]]]:
+    """Decode the tasks' rows (in `workers` processes); (rows attempted, failures)."""
     from rich.progress import TextColumn
 
     from cxr.core.progress import make_progress
@@ -447,12 +569,31 @@ def _run_tasks(d, tasks, config, workers, total, dicom_ids) -> tuple[int, list[t
                 import multiprocessing
 
                 ctx = multiprocessing.get_context()
-                with ctx.Pool(
-                    workers, initializer=_init_worker, initargs=(str(d / IMAGES), config.size)
-                ) as pool:
+                forked = ctx.get_start_method() == "fork"
+                initargs = (str(d / IMAGES), config.size, lock_fd if forked else -1)
+                with _sigint_ignored():  # until the workers are forked (they inherit it)
+                    pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=initargs)
+                with pool:
                     for rows, errors in pool.imap_unordered(_process_chunk, tasks):
                         record(rows, errors)
     finally:
         journal.close()
     failed.sort(key=lambda x: x[0])
     return n_done, failed
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while workers are forked, so none can die of a Ctrl-C before its
+    initializer ignores it too; a Ctrl-C in that moment is dropped, the next one counts."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -36,7 +36,7 @@ class PredictConfig:
     out: Path | None = None  # directory; None: the table goes to stdout
     format: str = "csv"  # csv | json
     batch_size: int = 16
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA when available, else the CPU
 
 
 @dataclass
@@ -45,6 +45,7 @@ class PredictResult:
     rows: list[dict[str, Any]] = field(default_factory=list)  # {"file": str, label: prob, ...}
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     cams: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings for the user (stderr)
 
 
 def _is_dicom_by_magic(path: Path) -> bool:
@@ -186,12 +187,14 @@ def predict(cfg: PredictConfig) -> tuple[PredictResult, str]:
     With `out`, the table is written to `<out>/predictions.<format>` and overlays to `<out>/cam/`.
     """
     from cxr.core.atomic import write_text_atomic
-    from cxr.inference.runtime import load_model
+    from cxr.inference.runtime import load_model, resolve_device
 
     if cfg.format not in ("csv", "json"):
         raise CxrError(f"--format must be csv or json, got {cfg.format!r}")
     if cfg.cam and cfg.out is None:
         raise CxrError("--cam writes overlay images: give an output directory with --out")
+    if cfg.out is not None:
+        _check_out_dir(Path(cfg.out))
     files = collect_files(cfg.inputs)
     if not files:  # before loading the model, and before any output is written
         raise CxrError(
@@ -199,13 +202,32 @@ def predict(cfg: PredictConfig) -> tuple[PredictResult, str]:
             + " ".join(EXTENSIONS)
             + " and DICOM files without an extension)"
         )
-    model, ckpt, pre = load_model(cfg.checkpoint, cfg.device)
-    result, squares = predict_files(model, pre, ckpt["labels"], files, cfg.batch_size, cfg.device)
+    device = resolve_device(cfg.device)
+    model, ckpt, pre = load_model(cfg.checkpoint, device)
+    result, squares = predict_files(model, pre, ckpt["labels"], files, cfg.batch_size, device)
+    note = pre.decoder_note()
+    if note:
+        result.notes.append(note)
     text = format_rows(result, cfg.format)
     if cfg.out is not None:
-        write_text_atomic(Path(cfg.out) / f"predictions.{cfg.format}", text)
-        if cfg.cam:
-            result.cams = write_cams(
-                model, pre, result, squares, cfg.top_k, Path(cfg.out) / "cam", cfg.device
-            )
+        out = Path(cfg.out)
+        try:
+            write_text_atomic(out / f"predictions.{cfg.format}", text)
+            if cfg.cam:
+                result.cams = write_cams(
+                    model, pre, result, squares, cfg.top_k, out / "cam", device
+                )
+        except OSError as exc:
+            where = exc.filename or out
+            raise CxrError(f"{where}: cannot write ({exc.strerror or exc})") from None
     return result, text
+
+
+def _check_out_dir(out: Path) -> None:
+    """--out is a directory (made if absent): say so before any work if it cannot be one."""
+    for part in (out, *out.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "is a file" if part == out else f"{part} is a file"
+                raise CxrError(f"--out {out}: {what}, not a directory")
+            return

@@ -26,6 +26,7 @@ class Preprocess:
     std: float
     in_chans: int = 1
     source_size: int = 0  # the squares training read (its cache's size); 0: image_size
+    method: str = ""  # the decoder that made those squares (cache.json); "": not recorded
 
     @property
     def square_size(self) -> int:
@@ -33,16 +34,29 @@ class Preprocess:
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> Preprocess:
-        norm = ckpt.get("normalization") or {}
-        image_size = int(ckpt["image_size"])
-        config = ckpt.get("config") or {}
+        """From the checkpoint's `preprocess` block (or the fields older checkpoints carry),
+        every value checked: a bad one is a one-line CxrError naming it."""
+        from cxr.training.checkpoint import checkpoint_preprocess
+
+        block = checkpoint_preprocess(ckpt)
         return cls(
-            image_size=image_size,
-            mean=float(norm.get("mean", 0.0)),
-            std=float(norm.get("std", 1.0)) or 1.0,
-            in_chans=int(ckpt.get("in_chans", 1)),
-            # train reads cache-<cache_size> (0 or absent: image_size) and resizes on the fly.
-            source_size=int(config.get("cache_size") or image_size),
+            image_size=block["image_size"],
+            mean=block["mean"],
+            std=block["std"],
+            in_chans=block["in_chans"],
+            source_size=block["source_size"],
+            method=block["method"],
+        )
+
+    def decoder_note(self) -> str | None:
+        """A warning when this cxr decodes files otherwise than the cache training read."""
+        from cxr.imaging.images import METHOD
+
+        if not self.method or self.method == METHOD:
+            return None
+        return (
+            f"the model was trained on images decoded with {self.method}; this cxr decodes "
+            f"with {METHOD}, so probabilities may differ slightly from evaluation on that cache"
         )
 
     def read(self, path: str | Path) -> np.ndarray:
@@ -76,12 +90,21 @@ class Preprocess:
         return x
 
 
-def load_model(path: str | Path, device: str = "cpu"):
+def resolve_device(name="auto"):
+    """The torch.device a `--device` value means: `auto` is CUDA when available, else the CPU
+    (`cxr.training.device.resolve_device`, which `cxr train` uses too)."""
+    from cxr.training.device import resolve_device as resolve
+
+    return resolve(name)
+
+
+def load_model(path: str | Path, device="cpu"):
     """(model in eval mode on `device`, checkpoint dict, Preprocess) for a checkpoint file."""
     import torch
 
     from cxr.training.checkpoint import load_checkpoint, model_from_checkpoint
 
+    device = resolve_device(device)
     ckpt = load_checkpoint(path)
     # channels_last: about 25% faster convolutions on the CPU (oneDNN), same results.
     model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last).eval()
@@ -89,11 +112,12 @@ def load_model(path: str | Path, device: str = "cpu"):
 
 
 def predict_squares(
-    model, pre: Preprocess, batches: Iterable[np.ndarray], device: str = "cpu"
+    model, pre: Preprocess, batches: Iterable[np.ndarray], device="cpu"
 ) -> Iterator[np.ndarray]:
     """Sigmoid probabilities (n, L) float32 for each batch of uint8 squares (n, S, S)."""
     import torch
 
+    device = resolve_device(device)
     with torch.inference_mode():
         for squares in batches:
             logits = model(pre.tensor(squares).to(device))

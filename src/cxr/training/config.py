@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr.core.errors import CxrError
-from cxr.mimic.policy import LabelPolicy
+from cxr.mimic.policy import MISSING_CHOICES, UNCERTAIN_CHOICES, LabelPolicy
 from cxr.mimic.schema import LABELS
 
 
@@ -29,6 +30,9 @@ class AugmentConfig:
     brightness: float = 0.1  # additive, in [0, 1] pixel units
     contrast: float = 0.1  # multiplicative around each image's mean, 1 +- contrast
     hflip: bool = False
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, _AUGMENT_RANGES, "augment.")
 
 
 @dataclass(frozen=True)
@@ -72,17 +76,174 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 8:
-            raise CxrError("config: epochs and batch_size must be >= 1 and image_size >= 8")
-        if self.lr <= 0:
-            raise CxrError(f"config: lr must be > 0, got {self.lr}")
-        if self.pos_weight not in ("none", "auto"):
-            raise CxrError(f"config: pos_weight must be 'none' or 'auto', got {self.pos_weight!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise CxrError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
-        unknown = [name for name in self.labels if name not in LABELS]
-        if unknown or not self.labels:
-            raise CxrError(f"config: unknown labels {unknown}; valid: {', '.join(LABELS)}")
+        _check_ranges(self, _TRAIN_RANGES, "")
+        _check_labels(self.labels, self.policy)
+
+
+# -- ranges: every value of TrainConfig and AugmentConfig is checked here, and only here ---------
+
+MODEL_NAMES: tuple[str, ...] = (
+    "densenet121",
+    "resnet18",
+    "resnet50",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "cxr_small",
+)
+
+
+def _int(lo: int, hi: int | None = None, zero: str = "") -> tuple:
+    """An integer in [lo, hi] (hi None: unbounded), or 0 when `zero` says what 0 means."""
+    what = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    if zero:
+        what = f"0 ({zero}) or {what}"
+
+    def ok(v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return False
+        return (zero and v == 0) or (v >= lo and (hi is None or v <= hi))
+
+    return ok, what
+
+
+def _float(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """A finite number in the interval; NaN and infinities never pass."""
+    if hi is None:
+        what = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+    else:
+        what = (
+            f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        )
+
+    def ok(v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return False
+        if v < lo or (lo_open and v == lo):
+            return False
+        return hi is None or v < hi or (not hi_open and v == hi)
+
+    return ok, what
+
+
+def _choice(*choices: str) -> tuple:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+def _is_bool() -> tuple:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _is_str(nonempty: str = "") -> tuple:
+    if nonempty:
+        return (lambda v: isinstance(v, str) and v != ""), f"a non-empty {nonempty}"
+    return (lambda v: isinstance(v, str)), "a string"
+
+
+_TRAIN_RANGES: dict[str, tuple] = {
+    "manifest": _is_str(),
+    "cache": _is_str(),
+    "out": _is_str("path"),
+    "model": _choice(*MODEL_NAMES),
+    "pretrained": _is_str(),
+    "image_size": _int(8),
+    "cache_size": _int(8, zero="the cache of image_size"),
+    "mean": _float(0.0, 1.0),
+    "std": _float(0.0, lo_open=True),
+    "epochs": _int(1),
+    "batch_size": _int(1),
+    "lr": _float(0.0, lo_open=True),
+    "weight_decay": _float(0.0),
+    "warmup_epochs": _float(0.0),
+    "min_lr_ratio": _float(0.0, 1.0),
+    "grad_clip": _float(0.0),
+    "pos_weight": _choice("none", "auto"),
+    "patience": _int(0),
+    "seed": _int(0, 2**32 - 1),  # numpy's seed range
+    "device": _choice("auto", "cpu", "cuda"),
+    "amp": _is_bool(),
+    "channels_last": _is_bool(),
+    "compile": _is_bool(),
+    "threads": _int(0),
+    "prefetch": _int(0),
+    "limit_train_batches": _int(0),
+    "stop_after_epochs": _int(0),
+}
+_AUGMENT_RANGES: dict[str, tuple] = {
+    "scale_min": _float(0.0, 1.0, lo_open=True),
+    "ratio_max": _float(1.0),
+    "rotation": _float(0.0, 180.0),
+    "brightness": _float(0.0, 1.0),
+    "contrast": _float(0.0, 1.0),
+    "hflip": _is_bool(),
+}
+# Checked by their own code: labels (_check_labels), policy (LabelPolicy), augment (AugmentConfig).
+_NESTED = ("labels", "policy", "augment")
+
+
+def _check_ranges(cfg, ranges: Mapping[str, tuple], prefix: str) -> None:
+    for f in dataclasses.fields(cfg):
+        if f.name in _NESTED and not prefix:
+            continue
+        ok, what = ranges[f.name]
+        value = getattr(cfg, f.name)
+        if not ok(value):
+            raise CxrError(f"config: {prefix}{f.name}={_show(value)}: must be {what}")
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # nan, inf, -inf
+    return repr(value)
+
+
+def _check_policy(data: Mapping, where: str) -> None:
+    """The [policy] table, in the same words as every other key (LabelPolicy checks it again)."""
+    rules = {"uncertain": UNCERTAIN_CHOICES, "missing": MISSING_CHOICES}
+
+    def check_rules(table: Mapping, at: str, allowed: set[str]) -> None:
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise CxrError(
+                f"config: unknown keys {[f'{at}.{k}' for k in unknown]}; valid: {', '.join(sorted(allowed))}"
+            )
+        for name, choices in rules.items():
+            if name in table and table[name] not in choices:
+                raise CxrError(
+                    f"config: {at}.{name}={_show(table[name])}: must be one of {', '.join(choices)}"
+                )
+
+    check_rules(data, where, {"uncertain", "missing", "overrides"})
+    overrides = data.get("overrides", {})
+    if not isinstance(overrides, Mapping):
+        raise CxrError(f"config: {where}.overrides must be a table of labels")
+    for label, rule in overrides.items():
+        if not isinstance(rule, Mapping):
+            raise CxrError(
+                f"config: {where}.overrides.{label}={_show(rule)}: must be a table, "
+                f"e.g. {where}.overrides.{label}.uncertain=ones"
+            )
+        check_rules(rule, f"{where}.overrides.{label}", {"uncertain", "missing"})
+
+
+def _check_labels(labels: Sequence[str], policy: LabelPolicy) -> None:
+    if not labels:
+        raise CxrError(
+            "config: labels=[]: the label list must not be empty; choose from " + ", ".join(LABELS)
+        )
+    unknown = [name for name in labels if name not in LABELS]
+    if unknown:
+        raise CxrError(f"config: labels: unknown labels {unknown}; valid: {', '.join(LABELS)}")
+    twice = sorted({name for name in labels if list(labels).count(name) > 1})
+    if twice:
+        raise CxrError(f"config: labels: {twice} listed more than once")
+    stray = sorted(set(policy.overrides) - set(labels))
+    if stray:
+        raise CxrError(
+            f"config: policy.overrides names labels that are not trained: {stray}; "
+            f"labels: {', '.join(labels)}"
+        )
 
 
 def config_to_dict(cfg) -> dict:
@@ -141,6 +302,7 @@ def _build(cls, data: Mapping, prefix: str = ""):
         if isinstance(default, LabelPolicy):
             if not isinstance(value, Mapping):
                 raise CxrError(f"config: {prefix}{key} must be a table")
+            _check_policy(value, f"{prefix}{key}")
             kwargs[key] = LabelPolicy.from_dict(value)
         elif dataclasses.is_dataclass(default):
             if not isinstance(value, Mapping):
@@ -185,6 +347,10 @@ def read_toml(path: str | Path) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CxrError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise CxrError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise CxrError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CxrError(f"{path}: not valid TOML ({exc})") from None
 

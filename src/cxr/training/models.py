@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cxr.core.errors import CxrError
+from cxr.training.config import MODEL_NAMES
 
 # cxr name -> timm name. cxr_small is ours: a few conv layers, for the CPU demo and tests.
 TIMM_MODELS = {
@@ -29,7 +30,8 @@ TIMM_MODELS = {
     "efficientnet_b0": "efficientnet_b0",
     "convnext_tiny": "convnext_tiny",
 }
-MODEL_NAMES: tuple[str, ...] = (*TIMM_MODELS, "cxr_small")
+# MODEL_NAMES (cxr.training.config, so the config checks names without importing torch) is these
+# plus cxr_small.
 
 
 class SmallCNN(nn.Module):
@@ -113,13 +115,9 @@ def _head_prefix(model: nn.Module) -> str:
 def _load_weights_file(
     model: nn.Module, path: Path, in_chans: int, labels: Sequence[str] | None = None
 ) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CxrError(f"{path}: weights file not found") from None
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CxrError(f"{path}: not a loadable weights file ({first})") from None
+    from cxr.training.checkpoint import load_plain
+
+    state = load_plain(path, "weights file")
     drop_head = False
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         # a cxr checkpoint: its classifier is only meaningful for its own labels, in its order

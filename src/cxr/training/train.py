@@ -7,11 +7,17 @@ non-blocking copies, optional torch.compile).
 
 Randomness: seeds are set once here. The epoch's batch order and augmentation are drawn from
 (seed, epoch, rank) alone, and last.pt holds every other piece of state (model, optimizer,
-scheduler, RNG states, early-stopping counters), so `--resume` continues exactly.
+scheduler, RNG states, early-stopping counters, the metrics so far), so `--resume` continues
+exactly.
+
+Structure: `setup` (checks, data, model, optimizer; restores last.pt), then per epoch
+`train_one_epoch`, `validate` and `save_epoch` (last.pt, best.pt, metrics.jsonl, in that order,
+so a kill anywhere leaves a run `--resume` completes; `open_outputs` repairs what a kill left).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -20,7 +26,7 @@ import random
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +43,12 @@ from cxr.training.checkpoint import (
     load_checkpoint,
     make_checkpoint,
     save_checkpoint,
+    without_resume_state,
 )
 from cxr.training.config import TrainConfig, config_to_dict, config_to_toml
 from cxr.training.data import BatchLoader, CxrDataset, open_cache, read_manifest
-from cxr.training.models import MODEL_NAMES, create_model
+from cxr.training.device import resolve_device
+from cxr.training.models import create_model
 
 IN_CHANS = 1
 
@@ -58,9 +66,7 @@ class Dist:
 
 def _setup_distributed(cfg: TrainConfig) -> tuple[Dist, bool]:
     """Rank, world size and device from torchrun's environment (one process without it)."""
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise CxrError("config asks for device=cuda but no CUDA device is available")
+    want_cuda = resolve_device(cfg.device).type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(0, 1, torch.device("cuda" if want_cuda else "cpu")), False
@@ -189,19 +195,136 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
+@dataclass
+class Run:
+    """The fixed parts of one training invocation, built by `setup` and read by every step."""
+
+    cfg: TrainConfig
+    d: Dist
+    out: Path
+    train_ds: CxrDataset
+    val_ds: CxrDataset
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    model: torch.nn.Module  # the plain module: what checkpoints save
+    fwd: torch.nn.Module  # validation's forward (compiled or not; never DDP)
+    net: torch.nn.Module  # training's forward (DDP averages gradients across ranks)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pos_weight: torch.Tensor | None
+    one_class: frozenset[str]  # labels left out of macro AUROC (one class among train images)
+    preprocess: dict  # the checkpoint's preprocess block
+
+    @property
+    def cuda(self) -> bool:
+        return self.d.device.type == "cuda"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def autocast(self):
+        if self.cuda and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cuda and self.cfg.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+@dataclass
+class RunState:
+    """What changes each epoch; last.pt carries all of it across a resume."""
+
+    epoch: int = 0  # the last completed epoch
+    best_score: float = float("nan")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[str] = field(default_factory=list)  # metrics.jsonl lines, epochs 1..epoch
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record epoch's validate score; True when it is the new best (the first always is)."""
+        self.epoch = epoch
+        improved = self.best_epoch == 0 or _better(score, self.best_score)
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
+# -- setup ------------------------------------------------------------------------------------
+
+
+def _stale_temporaries(out: Path) -> list[Path]:
+    """Temporary files an atomic write of this run left when it was killed mid-write."""
+    names = ("last.pt", "best.pt", "metrics.jsonl", "config.toml")
+    return [p for name in names for p in out.glob(f".{name}.*.tmp") if p.is_file()]
+
+
+def _check_out(cfg: TrainConfig, resume: bool) -> None:
     out = Path(cfg.out)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if resume and not last_path.exists():
-        raise CxrError(f"{last_path}: nothing to resume (no last.pt in {out})")
-    if not resume and (last_path.exists() or best_path.exists()):
+    if out.exists() and not out.is_dir():
+        raise CxrError(f"{out}: is a file; --out must be a directory")
+    if resume:
+        if not out.is_dir() or not any(out.iterdir()):
+            raise CxrError(f"{out / 'last.pt'}: nothing to resume (no run in {out})")
+    elif (out / "last.pt").exists() or (out / "best.pt").exists():
         raise CxrError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
+
+
+def _resume_state(run: Run, ckpt: dict) -> RunState:
+    """Restore model, optimizer, schedule and RNG from last.pt; the epoch counters it holds."""
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    _set_rng_state(ckpt["rng"])
+    return RunState(
+        epoch=int(ckpt["epoch"]),
+        best_score=float(ckpt["best_score"]),
+        best_epoch=int(ckpt["best_epoch"]),
+        bad_epochs=int(ckpt["bad_epochs"]),
+    )
+
+
+def setup(cfg: TrainConfig, resume: bool, d: Dist) -> tuple[Run, RunState]:
+    """Check the run directory, seed, read the data, build model, optimizer and schedule.
+
+    With `resume`, restores the state of last.pt; a run directory without a last.pt (killed
+    before its first epoch was saved) starts again from epoch 1, as a fresh run would. Writes
+    nothing.
+    """
+    _check_out(cfg, resume)
+    out = Path(cfg.out)
+    last_path, best_path = out / "last.pt", out / "best.pt"
     if not cfg.manifest or not cfg.cache:
         raise CxrError("config: manifest and cache paths must be set")
-    if cfg.model not in MODEL_NAMES:  # before any data is read
-        raise CxrError(f"unknown model {cfg.model!r}; valid: {', '.join(MODEL_NAMES)}")
+    ckpt = None
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        check_compatible(ckpt, arch=cfg.model, labels=cfg.labels, path=last_path)
+        if "optimizer" not in ckpt:
+            raise CxrError(f"{last_path}: no resume state in this checkpoint")
+    elif resume:
+        if best_path.exists():  # never overwrite the best model of another kind of run
+            best = load_checkpoint(best_path)
+            check_compatible(best, arch=cfg.model, labels=cfg.labels, path=best_path)
+        _warn(d, f"no last.pt in {out}: no epoch was saved in full; starting again at epoch 1")
     cuda = d.device.type == "cuda"
 
     # -- seeds, once ------------------------------------------------------------------------------
@@ -224,8 +347,16 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     cache = open_cache(cfg.cache, cfg.manifest)
     if cfg.cache_size != cache.size:
         # Record the size actually read (an explicit cache path may differ from cache_size, or
-        # cache_size may be 0): inference rebuilds its preprocessing from it.
+        # cache_size may be 0).
         cfg = dataclasses.replace(cfg, cache_size=cache.size)
+    preprocess = {
+        "image_size": cfg.image_size,
+        "source_size": cache.size,
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "in_chans": IN_CHANS,
+        "method": str(cache.meta.get("method", "")),
+    }
     train_ds = CxrDataset(manifest, cache, "train", cfg.labels, cfg.policy)
     val_ds = CxrDataset(manifest, cache, "validate", cfg.labels, cfg.policy)
     del manifest  # subject_id goes no further than this point
@@ -243,7 +374,6 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         _warn(d, f"no positive train images for {', '.join(no_pos)}: left out of macro AUROC")
     if no_neg:
         _warn(d, f"no negative train images for {', '.join(no_neg)}: left out of macro AUROC")
-    one_class = set(no_pos) | set(no_neg)
     pin = cuda  # page-locked batches copy to the GPU asynchronously
     train_loader = BatchLoader(
         train_ds,
@@ -263,14 +393,9 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
 
     # -- model, loss, optimizer, schedule --------------------------------------------------------
     # A resumed run takes its weights from last.pt: no pretrained download (it may be offline).
-    pretrained = None if resume else (cfg.pretrained or None)
+    pretrained = None if ckpt is not None else (cfg.pretrained or None)
     model = create_model(cfg.model, len(cfg.labels), IN_CHANS, pretrained, labels=cfg.labels)
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(last_path)
-        check_compatible(ckpt, arch=cfg.model, labels=cfg.labels, path=last_path)
-        if "optimizer" not in ckpt:
-            raise CxrError(f"{last_path}: no resume state in this checkpoint")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model = model.to(d.device)
     if cuda and cfg.channels_last:
@@ -299,206 +424,284 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         )
         if cfg.compile:
             net = torch.compile(net)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
-
-    start_epoch, best_score, best_epoch, bad_epochs = 0, float("nan"), 0, 0
+    run = Run(
+        cfg=cfg,
+        d=d,
+        out=out,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        model=model,
+        fwd=fwd,
+        net=net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        pos_weight=pos_weight,
+        one_class=frozenset(no_pos) | frozenset(no_neg),
+        preprocess=preprocess,
+    )
+    state = RunState() if ckpt is None else _resume_state(run, ckpt)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch = int(ckpt["epoch"])
-        best_score, best_epoch = float(ckpt["best_score"]), int(ckpt["best_epoch"])
-        bad_epochs = int(ckpt["bad_epochs"])
+        state.history = _history(ckpt, run.metrics_path)
+    return run, state
 
-    # -- outputs (rank 0 alone) ------------------------------------------------------------------
+
+def _history(last: dict, metrics_path: Path) -> list[str]:
+    """The metrics.jsonl lines of epochs 1..last.pt's epoch.
+
+    last.pt holds them; a last.pt written before it did is matched with the file's own lines,
+    dropping any of later epochs (a kill after metrics.jsonl but before last.pt was written).
+    """
+    if isinstance(last.get("history"), list):
+        return [str(line) for line in last["history"]]
+    if not metrics_path.exists():
+        return []
+    kept = []
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(epoch, int) and epoch <= int(last["epoch"]):
+            kept.append(line)
+    return kept
+
+
+# -- outputs (rank 0 alone) ------------------------------------------------------------------
+
+
+def open_outputs(run: Run, state: RunState, resumed: bool):
+    """Make the run directory consistent with `state`, write config.toml; the TensorBoard writer.
+
+    Removes temporary files a killed run left, rewrites metrics.jsonl to the epochs of last.pt,
+    and rewrites best.pt from last.pt when a kill fell between the two on the epoch that was best.
+    """
+    out = run.out
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in _stale_temporaries(out):
+        tmp.unlink(missing_ok=True)
+    write_text_atomic(out / "config.toml", config_to_toml(run.cfg))
+    if resumed:
+        if state.history:
+            write_text_atomic(run.metrics_path, "\n".join(state.history) + "\n")
+        else:
+            run.metrics_path.unlink(missing_ok=True)
+    if state.best_epoch and state.best_epoch == state.epoch:
+        best_epoch = None
+        if run.best_path.exists():
+            with contextlib.suppress(CxrError):
+                best_epoch = load_checkpoint(run.best_path).get("epoch")
+        if best_epoch != state.epoch:
+            save_checkpoint(run.best_path, without_resume_state(load_checkpoint(run.last_path)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tensorboard's own deprecation noise
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(out / "tb"), purge_step=state.epoch + 1)
+
+
+def save_epoch(run: Run, state: RunState, record: dict, val: dict, improved: bool, writer) -> None:
+    """Save epoch `state.epoch`: last.pt, then best.pt (if improved), then metrics.jsonl, then tb.
+
+    The order makes every kill resumable: last.pt is the run's state and carries the metrics
+    lines, so metrics.jsonl is rewritten from it on resume, and a best.pt that a kill kept from
+    being written is rewritten from last.pt (whose model it is). Each file is written atomically.
+    """
+    cfg, epoch = run.cfg, state.epoch
+    state.history.append(json.dumps(_clean(record)))
+    ckpt = make_checkpoint(
+        run.model,
+        arch=cfg.model,
+        labels=cfg.labels,
+        preprocess=run.preprocess,
+        label_policy=cfg.policy.to_dict(),
+        config=config_to_dict(cfg),
+        epoch=epoch,
+        val_metrics=_clean(val),
+    )
+    resume_state = {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": _rng_state(),
+        "best_score": state.best_score,
+        "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs,
+        "history": list(state.history),
+    }
+    save_checkpoint(run.last_path, {**ckpt, **resume_state})
+    if improved:
+        save_checkpoint(run.best_path, ckpt)
+    write_text_atomic(run.metrics_path, "\n".join(state.history) + "\n")
+    writer.add_scalar("train/loss", record["train_loss"], epoch)
+    writer.add_scalar("train/images_per_s", record["images_per_s"], epoch)
+    writer.add_scalar("train/lr", record["lr"], epoch)
+    writer.add_scalar("val/loss", val["val_loss"], epoch)
+    writer.add_scalar("val/macro_auroc", val["val_macro_auroc"], epoch)
+    for name, value in val["val_auroc"].items():
+        if value is not None:
+            writer.add_scalar(f"val_auroc/{name}", value, epoch)
+    writer.flush()
+
+
+# -- one epoch ----------------------------------------------------------------------------------
+
+
+def train_one_epoch(run: Run, epoch: int, state: RunState) -> tuple[float, float]:
+    """One pass over this rank's batches of the epoch: (mean train loss over all ranks, images/s).
+
+    The batch order and augmentation depend on (seed, epoch, rank) alone, so any epoch can be
+    rerun exactly. A non-finite loss stops the run (CxrError) before anything is saved.
+    """
+    cfg, d = run.cfg, run.d
+    run.net.train()
+    run.train_loader.set_epoch(epoch)
+    # Augmentation draws from its own generator, seeded per epoch and rank: resumable.
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + d.rank)
+    loss_sum = torch.zeros((), device=d.device)
+    seen = 0
+    steps = run.steps_per_epoch
+    t0 = time.perf_counter()
+    with make_progress(_fields_column()) if d.main else _NoBar() as bar:
+        task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps, stats="")
+        for step, batch in enumerate(run.train_loader, 1):
+            batch = batch.to(d.device, non_blocking=True)
+            x = train_transform(batch.img, cfg.image_size, cfg.mean, cfg.std, cfg.augment, gen)
+            x = run.model_input(x)
+            with run.autocast():
+                logits = run.net(x)
+            loss = masked_bce(logits, batch.labels, batch.mask, run.pos_weight)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+            run.optimizer.step()
+            run.scheduler.step()
+            loss_sum += loss.detach() * len(batch.img)
+            seen += len(batch.img)
+            if step % 10 == 0 or step == steps:
+                # One host sync every few steps: the loss for the bar and the NaN check.
+                mean_loss = float(loss_sum) / seen
+                if d.world == 1 and not math.isfinite(mean_loss):
+                    _nan_stop(epoch, step, run.best_path, state.best_epoch, state.best_score)
+                rate = seen * d.world / (time.perf_counter() - t0)
+                bar.update(task, completed=step, stats=f"loss {mean_loss:.4f}  {rate:,.0f} img/s")
+    if d.world > 1:
+        # On the training device: NCCL reduces CUDA tensors only (gloo takes the CPU's).
+        totals = torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64, device=d.device)
+        dist.all_reduce(totals)
+        train_loss, seen_all = float(totals[0] / totals[1]), int(totals[1])
+    else:
+        train_loss, seen_all = float(loss_sum) / max(seen, 1), seen
+    if not math.isfinite(train_loss):
+        _nan_stop(epoch, steps, run.best_path, state.best_epoch, state.best_score)
+    return train_loss, seen_all / (time.perf_counter() - t0)
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def validate(run: Run, epoch: int, state: RunState) -> dict:
+    """Validate-split logits from every rank -> loss (training masks), study-level AUROC.
+
+    Returns {"val_loss", "val_macro_auroc", "val_auroc": {label: AUROC or None}}; the macro
+    leaves out labels without both classes among train images. Changes no weights.
+    """
+    cfg, d = run.cfg, run.d
+    if d.world > 1:
+        # DDP syncs BatchNorm running stats from rank 0 only at the start of each training
+        # forward; each rank then updated its own. Score rank 0's model (the one saved).
+        for buf in run.model.buffers():
+            dist.broadcast(buf, 0)
+    run.fwd.eval()
+    parts_pos, parts_logits = [], []
+    with torch.no_grad():
+        for batch in run.val_loader:
+            batch = batch.to(d.device)
+            x = run.model_input(eval_transform(batch.img, cfg.image_size, cfg.mean, cfg.std))
+            with run.autocast():
+                logits = run.fwd(x)
+            parts_pos.append(batch.positions.cpu())
+            parts_logits.append(logits.float().cpu())
+    pos = torch.cat(parts_pos) if parts_pos else torch.zeros(0, dtype=torch.long)
+    logits = torch.cat(parts_logits) if parts_logits else torch.zeros(0, len(cfg.labels))
+    if d.world > 1:
+        gathered: list = [None] * d.world
+        dist.all_gather_object(gathered, (pos, logits))
+        pos = torch.cat([p for p, _ in gathered])
+        logits = torch.cat([lg for _, lg in gathered])
+    order = torch.argsort(pos)
+    pos, logits = pos[order], logits[order]
+    if not torch.isfinite(logits).all():
+        _nan_stop(epoch, "validation", run.best_path, state.best_epoch, state.best_score)
+    val_ds = run.val_ds
+    # The loss under the training policy's masks; the AUROC as evaluation scores it.
+    val_loss = float(masked_bce(logits, val_ds.targets[pos], val_ds.mask[pos]))
+    aurocs = validation_aurocs(
+        val_ds.study_ids[pos.numpy()],
+        torch.sigmoid(logits).numpy(),
+        val_ds.raw_labels[pos.numpy()],
+        cfg.labels,
+    )
+    counted = [v for k, v in aurocs.items() if v is not None and k not in run.one_class]
+    macro = float(np.mean(counted)) if counted else float("nan")
+    return {"val_loss": val_loss, "val_macro_auroc": macro, "val_auroc": aurocs}
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
+    run, state = setup(cfg, resume, d)
+    cfg = run.cfg  # with the cache size actually read
     writer = None
-    metrics_path = out / "metrics.jsonl"
-    history: list[str] = []
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.toml", config_to_toml(cfg))
-        if resume and metrics_path.exists():
-            # Keep the epochs last.pt covers; a crash after writing metrics but before last.pt
-            # would otherwise repeat a line.
-            lines = metrics_path.read_text(encoding="utf-8").splitlines()
-            history = [ln for ln in lines if ln and json.loads(ln)["epoch"] <= start_epoch]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tensorboard's own deprecation noise
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch + 1)
+        writer = open_outputs(run, state, resumed=resume)
         info(
-            f"train: {len(train_ds)} images, validate: {len(val_ds)} images, {cfg.model} at "
-            f"{cfg.image_size} px on {d.device.type} x{d.world}, {steps_per_epoch} steps/epoch"
+            f"train: {len(run.train_ds)} images, validate: {len(run.val_ds)} images, {cfg.model} "
+            f"at {cfg.image_size} px on {d.device.type} x{d.world}, "
+            f"{run.steps_per_epoch} steps/epoch"
         )
-
-    def validate() -> dict:
-        """Validate-split logits from every rank -> loss (training masks), study-level AUROC."""
-        if d.world > 1:
-            # DDP syncs BatchNorm running stats from rank 0 only at the start of each training
-            # forward; each rank then updated its own. Score rank 0's model (the one saved).
-            for buf in model.buffers():
-                dist.broadcast(buf, 0)
-        fwd.eval()
-        parts_pos, parts_logits = [], []
-        with torch.no_grad():
-            for batch in val_loader:
-                batch = batch.to(d.device)
-                x = eval_transform(batch.img, cfg.image_size, cfg.mean, cfg.std)
-                if cuda and cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    logits = fwd(x)
-                parts_pos.append(batch.positions.cpu())
-                parts_logits.append(logits.float().cpu())
-        pos = torch.cat(parts_pos) if parts_pos else torch.zeros(0, dtype=torch.long)
-        logits = torch.cat(parts_logits) if parts_logits else torch.zeros(0, len(cfg.labels))
-        if d.world > 1:
-            gathered: list = [None] * d.world
-            dist.all_gather_object(gathered, (pos, logits))
-            pos = torch.cat([p for p, _ in gathered])
-            logits = torch.cat([lg for _, lg in gathered])
-        order = torch.argsort(pos)
-        pos, logits = pos[order], logits[order]
-        if not torch.isfinite(logits).all():
-            _nan_stop(epoch, "validation", best_path, best_epoch, best_score)
-        # The loss under the training policy's masks; the AUROC as evaluation scores it.
-        val_loss = float(masked_bce(logits, val_ds.targets[pos], val_ds.mask[pos]))
-        aurocs = validation_aurocs(
-            val_ds.study_ids[pos.numpy()],
-            torch.sigmoid(logits).numpy(),
-            val_ds.raw_labels[pos.numpy()],
-            cfg.labels,
-        )
-        counted = [v for k, v in aurocs.items() if v is not None and k not in one_class]
-        macro = float(np.mean(counted)) if counted else float("nan")
-        return {"val_loss": val_loss, "val_macro_auroc": macro, "val_auroc": aurocs}
-
-    # -- the loop -------------------------------------------------------------------------------
     stopped_early = False
-    epoch = start_epoch
-    for epochs_now, epoch in enumerate(range(start_epoch + 1, cfg.epochs + 1), 1):
-        net.train()
-        train_loader.set_epoch(epoch)
-        # Augmentation draws from its own generator, seeded per epoch and rank: resumable.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + d.rank)
-        loss_sum = torch.zeros((), device=d.device)
-        seen = 0
-        t0 = time.perf_counter()
-        with make_progress(_fields_column()) if d.main else _NoBar() as bar:
-            task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, stats="")
-            for step, batch in enumerate(train_loader, 1):
-                batch = batch.to(d.device, non_blocking=True)
-                x = train_transform(batch.img, cfg.image_size, cfg.mean, cfg.std, cfg.augment, gen)
-                if cuda and cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    logits = net(x)
-                loss = masked_bce(logits, batch.labels, batch.mask, pos_weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach() * len(batch.img)
-                seen += len(batch.img)
-                if step % 10 == 0 or step == steps_per_epoch:
-                    # One host sync every few steps: the loss for the bar and the NaN check.
-                    mean_loss = float(loss_sum) / seen
-                    if d.world == 1 and not math.isfinite(mean_loss):
-                        _nan_stop(epoch, step, best_path, best_epoch, best_score)
-                    rate = seen * d.world / (time.perf_counter() - t0)
-                    bar.update(
-                        task, completed=step, stats=f"loss {mean_loss:.4f}  {rate:,.0f} img/s"
-                    )
-        if d.world > 1:
-            # On the training device: NCCL reduces CUDA tensors only (gloo takes the CPU's).
-            totals = torch.tensor(
-                [float(loss_sum), float(seen)], dtype=torch.float64, device=d.device
-            )
-            dist.all_reduce(totals)
-            train_loss, seen_all = float(totals[0] / totals[1]), int(totals[1])
-        else:
-            train_loss, seen_all = float(loss_sum) / max(seen, 1), seen
-        if not math.isfinite(train_loss):
-            _nan_stop(epoch, steps_per_epoch, best_path, best_epoch, best_score)
-        images_per_s = seen_all / (time.perf_counter() - t0)
-
-        val = validate()
-        score = val["val_macro_auroc"]
-        improved = best_epoch == 0 or _better(score, best_score)
-        if improved:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-        else:
-            bad_epochs += 1
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            **val,
-            "images_per_s": images_per_s,
-            "lr": optimizer.param_groups[0]["lr"],
-            "label_policy": cfg.policy.to_dict(),
-        }
-
-        if d.main:
-            history.append(json.dumps(_clean(record)))
-            write_text_atomic(metrics_path, "\n".join(history) + "\n")
-            writer.add_scalar("train/loss", train_loss, epoch)
-            writer.add_scalar("train/images_per_s", images_per_s, epoch)
-            writer.add_scalar("train/lr", record["lr"], epoch)
-            writer.add_scalar("val/loss", val["val_loss"], epoch)
-            writer.add_scalar("val/macro_auroc", score, epoch)
-            for name, value in val["val_auroc"].items():
-                if value is not None:
-                    writer.add_scalar(f"val_auroc/{name}", value, epoch)
-            writer.flush()
-            ckpt = make_checkpoint(
-                model,
-                arch=cfg.model,
-                labels=cfg.labels,
-                image_size=cfg.image_size,
-                mean=cfg.mean,
-                std=cfg.std,
-                in_chans=IN_CHANS,
-                label_policy=cfg.policy.to_dict(),
-                config=config_to_dict(cfg),
-                epoch=epoch,
-                val_metrics=_clean(val),
-            )
-            if improved:
-                save_checkpoint(best_path, ckpt)
-            ckpt.update(
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                rng=_rng_state(),
-                best_score=best_score,
-                best_epoch=best_epoch,
-                bad_epochs=bad_epochs,
-            )
-            save_checkpoint(last_path, ckpt)
-            info(
-                f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val['val_loss']:.4f}, "
-                f"val macro AUROC {score:.4f}{' (best)' if improved else ''}, "
-                f"{images_per_s:,.0f} img/s"
-            )
-        if cfg.patience and bad_epochs >= cfg.patience:
-            stopped_early = True
+    epoch = state.epoch
+    try:
+        for epochs_now, epoch in enumerate(range(state.epoch + 1, cfg.epochs + 1), 1):
+            train_loss, images_per_s = train_one_epoch(run, epoch, state)
+            val = validate(run, epoch, state)
+            improved = state.update(epoch, val["val_macro_auroc"])
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                **val,
+                "images_per_s": images_per_s,
+                "lr": run.optimizer.param_groups[0]["lr"],
+                "label_policy": cfg.policy.to_dict(),
+            }
             if d.main:
-                info(f"early stop: no better validate macro AUROC for {cfg.patience} epochs")
-            break
-        if cfg.stop_after_epochs and epochs_now >= cfg.stop_after_epochs:
-            break
-    if writer is not None:
-        writer.close()
+                save_epoch(run, state, record, val, improved, writer)
+                info(
+                    f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val['val_loss']:.4f}, "
+                    f"val macro AUROC {val['val_macro_auroc']:.4f}"
+                    f"{' (best)' if improved else ''}, {images_per_s:,.0f} img/s"
+                )
+            if cfg.patience and state.bad_epochs >= cfg.patience:
+                stopped_early = True
+                if d.main:
+                    info(f"early stop: no better validate macro AUROC for {cfg.patience} epochs")
+                break
+            if cfg.stop_after_epochs and epochs_now >= cfg.stop_after_epochs:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
     if d.world > 1:
         dist.barrier()  # nobody exits before rank 0 has written
     return {
-        "best_epoch": best_epoch,
-        "best_val_macro_auroc": best_score,
+        "best_epoch": state.best_epoch,
+        "best_val_macro_auroc": state.best_score,
         "last_epoch": epoch,
         "stopped_early": stopped_early,
-        "out": str(out),
+        "out": str(run.out),
         "rank": d.rank,
     }
 
