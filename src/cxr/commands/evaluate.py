@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache", type=Path, default=None, help="default <data>/interim/cache-<size>"
     )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda or cuda:N"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

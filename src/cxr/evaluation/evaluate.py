@@ -64,7 +64,7 @@ class EvaluateConfig:
     manifest: Path | None = None  # default: <data root>/processed/manifest.parquet
     cache: Path | None = None  # default: <data root>/interim/cache-<checkpoint's source size>
     batch_size: int = 64
-    device: str = "cpu"
+    device: str = "auto"  # CUDA when available, else the CPU
     gallery_size: int = 6  # false positives and false negatives each, overall
     ece_bins: int = 15
     data_root: Path = Path("data")
@@ -211,7 +211,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     """Predict, score and collect the gallery; returns the Evaluation (nothing written yet)."""
     from cxr.core.hashing import file_sha256
     from cxr.core.paths import DataPaths
-    from cxr.inference.runtime import load_model
+    from cxr.inference.runtime import load_model, resolve_device
     from cxr.mimic.manifest import read_manifest
 
     # Checked before anything is loaded: a bad option costs nothing.
@@ -220,6 +220,8 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     )
     if cfg.min_positives < 0:
         raise CxrError(f"--min-positives must be >= 0, got {cfg.min_positives}")
+    device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, device=str(device))
     model, ckpt, pre = load_model(cfg.checkpoint, cfg.device)
     labels = list(ckpt["labels"])
     manifest_path = Path(cfg.manifest or DataPaths(cfg.data_root).manifest)
