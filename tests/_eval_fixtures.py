@@ -47,6 +47,7 @@ def make_checkpoint(
     """A cxr_small checkpoint with random weights (seeded), saved by the training code."""
     import torch
 
+    from cxr.imaging.images import METHOD
     from cxr.training.checkpoint import make_checkpoint as build
     from cxr.training.checkpoint import save_checkpoint
     from cxr.training.models import create_model
@@ -57,10 +58,14 @@ def make_checkpoint(
         model,
         arch="cxr_small",
         labels=LABELS,
-        image_size=image_size,
-        mean=0.5,
-        std=0.25,
-        in_chans=1,
+        preprocess={
+            "image_size": image_size,
+            "source_size": cache_size or image_size,
+            "mean": 0.5,
+            "std": 0.25,
+            "in_chans": 1,
+            "method": METHOD,
+        },
         label_policy=policy
         or {
             "uncertain": "ignore",
