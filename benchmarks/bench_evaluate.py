@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import sklearn.metrics  # noqa: F401  (imported before timing: the figures are of a warm process)
 
 from cxr.evaluation.compare import CompareConfig, compare
 from cxr.evaluation.evaluate import EvaluateConfig, score_predictions, write_evaluation
