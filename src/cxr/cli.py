@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "compare",
     "predict",
+    "view",
 )
 
 

@@ -1,0 +1,1 @@
+"""`cxr view`: a local, private web browser over the manifest and evaluation directories."""
