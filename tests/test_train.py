@@ -294,6 +294,36 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     assert float(loss) == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
 
 
+def test_one_process_under_torchrun_runs_the_ddp_path(data, tmp_path, monkeypatch, capsys):
+    """torchrun --nproc_per_node 1 (what a one-GPU machine can run) goes through the process
+    group, the DDP wrapper and every collective, and trains what a plain process trains."""
+    import socket
+
+    import torch.distributed as dist
+
+    single = train(tiny(data, tmp_path / "single", "epochs=2"))
+    capsys.readouterr()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for key, value in {**env, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    ddp = train(tiny(data, tmp_path / "ddp", "epochs=2"))
+    assert "(DDP gloo)" in capsys.readouterr().out
+    assert not dist.is_initialized()  # the group it started is closed again
+    assert ddp["best_epoch"] == single["best_epoch"]
+    a, b = (
+        load_checkpoint(tmp_path / "ddp" / "last.pt"),
+        load_checkpoint(tmp_path / "single" / "last.pt"),
+    )
+    for key in b["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-5), key
+    assert metrics(tmp_path / "ddp")[-1]["val_auroc"] == pytest.approx(
+        metrics(tmp_path / "single")[-1]["val_auroc"], abs=1e-5
+    )
+
+
 @pytest.mark.slow
 def test_demo_pipeline_trains_with_the_demo_config(demo_raw, tmp_path, capsys):
     """The real commands on the demo tree (demo -> manifest -> preprocess -> train), with the

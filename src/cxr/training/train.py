@@ -58,17 +58,27 @@ class Dist:
     rank: int
     world: int
     device: torch.device
+    ddp: bool = False  # a process group runs: DDP wrapper and collectives, even for one process
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
 
+# What torchrun sets for every process it starts (env:// rendezvous).
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _setup_distributed(cfg: TrainConfig) -> tuple[Dist, bool]:
-    """Rank, world size and device from torchrun's environment (one process without it)."""
+    """Rank, world size and device from torchrun's environment (one process without it).
+
+    Under torchrun the process group is started even for one process, so that
+    `torchrun --nproc_per_node 1` runs the whole DDP path (NCCL or gloo, the DDP wrapper, every
+    collective) on a machine with a single GPU.
+    """
     want_cuda = resolve_device(cfg.device).type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not all(k in os.environ for k in _TORCHRUN_ENV):
         return Dist(0, 1, torch.device("cuda" if want_cuda else "cpu")), False
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if want_cuda:
@@ -80,7 +90,7 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[Dist, bool]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo")
         started = True
-    return Dist(dist.get_rank(), dist.get_world_size(), device), started
+    return Dist(dist.get_rank(), dist.get_world_size(), device, ddp=True), started
 
 
 def _warn(d: Dist, message: str) -> None:
@@ -418,7 +428,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> tuple[Run, RunState]:
     # gradient buckets and communication overlaps the backward pass.
     fwd = torch.compile(model) if cfg.compile else model
     net = fwd
-    if d.world > 1:
+    if d.ddp:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if cuda else None
         )
@@ -582,11 +592,11 @@ def train_one_epoch(run: Run, epoch: int, state: RunState) -> tuple[float, float
             if step % 10 == 0 or step == steps:
                 # One host sync every few steps: the loss for the bar and the NaN check.
                 mean_loss = float(loss_sum) / seen
-                if d.world == 1 and not math.isfinite(mean_loss):
+                if not d.ddp and not math.isfinite(mean_loss):
                     _nan_stop(epoch, step, run.best_path, state.best_epoch, state.best_score)
                 rate = seen * d.world / (time.perf_counter() - t0)
                 bar.update(task, completed=step, stats=f"loss {mean_loss:.4f}  {rate:,.0f} img/s")
-    if d.world > 1:
+    if d.ddp:
         # On the training device: NCCL reduces CUDA tensors only (gloo takes the CPU's).
         totals = torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64, device=d.device)
         dist.all_reduce(totals)
@@ -608,7 +618,7 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
     leaves out labels without both classes among train images. Changes no weights.
     """
     cfg, d = run.cfg, run.d
-    if d.world > 1:
+    if d.ddp:
         # DDP syncs BatchNorm running stats from rank 0 only at the start of each training
         # forward; each rank then updated its own. Score rank 0's model (the one saved).
         for buf in run.model.buffers():
@@ -625,7 +635,7 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
             parts_logits.append(logits.float().cpu())
     pos = torch.cat(parts_pos) if parts_pos else torch.zeros(0, dtype=torch.long)
     logits = torch.cat(parts_logits) if parts_logits else torch.zeros(0, len(cfg.labels))
-    if d.world > 1:
+    if d.ddp:
         gathered: list = [None] * d.world
         dist.all_gather_object(gathered, (pos, logits))
         pos = torch.cat([p for p, _ in gathered])
@@ -659,7 +669,8 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         writer = open_outputs(run, state, resumed=resume)
         info(
             f"train: {len(run.train_ds)} images, validate: {len(run.val_ds)} images, {cfg.model} "
-            f"at {cfg.image_size} px on {d.device.type} x{d.world}, "
+            f"at {cfg.image_size} px on {d.device.type} x{d.world}"
+            f"{f' (DDP {dist.get_backend()})' if d.ddp else ''}, "
             f"{run.steps_per_epoch} steps/epoch"
         )
     stopped_early = False
@@ -694,7 +705,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     finally:
         if writer is not None:
             writer.close()
-    if d.world > 1:
+    if d.ddp:
         dist.barrier()  # nobody exits before rank 0 has written
     return {
         "best_epoch": state.best_epoch,
