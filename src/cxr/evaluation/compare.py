@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from cxr.core.errors import InputError
+from cxr.core.jsonsafe import json_safe
 from cxr.evaluation.evaluate import Evaluation, read_evaluation
 from cxr.evaluation.protocol import label_fingerprint, rows_fingerprint
 from cxr.evaluation.targets import load_radiologist_table, targets, unit_keys, unit_rows
@@ -219,19 +220,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             {"a": names[0], "b": name, **_pair(first, ev, y, groups, shared, cfg)}
             for ev, name in zip(evals[2:], names[2:], strict=True)
         ]
-    return _json_ready(result)
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+    return json_safe(result)
 
 
 # --------------------------------------------------------------------------- output

@@ -9,13 +9,13 @@ by all labels, operating points and the macro averages.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from cxr.core.jsonsafe import json_safe
 from cxr.stats.bootstrap import bootstrap_metrics, macro_over, percentile_interval
 from cxr.stats.metrics import expected_calibration_error, one_class_reason, youden_threshold
 
@@ -107,19 +107,6 @@ def _figures(c: Mapping[str, int]) -> dict[str, float | None]:
         "ppv": _ratio(tp, tp + fp),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
     }
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def score(
@@ -274,7 +261,7 @@ def score(
         )
         micro["ece"] = expected_calibration_error(yy, pp, config.ece_bins)
         micro["brier"] = float(np.mean((pp - yy) ** 2))
-    return _clean({"labels": per_label, "macro": macro, "micro": micro})
+    return json_safe({"labels": per_label, "macro": macro, "micro": micro})
 
 
 def point_figures(
@@ -299,4 +286,4 @@ def point_figures(
         t = operating_points[label]["youden"]["threshold"]
         entry.update(_figures(_counts(yj, pj, t)) if yj.size else dict.fromkeys(OP_FIGURES))
         out[label] = entry
-    return _clean(out)
+    return json_safe(out)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from cxr.core.atomic import write_text_atomic
 from cxr.core.errors import CxrError
+from cxr.core.jsonsafe import json_safe
 from cxr.core.progress import err_console, info, make_progress
 from cxr.training.augment import eval_transform, train_transform
 from cxr.training.checkpoint import (
@@ -175,15 +176,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _clean(value):
-    """NaN -> None so metrics are valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
 
 
 def _better(score: float, best: float) -> bool:
@@ -519,7 +511,7 @@ def save_epoch(run: Run, state: RunState, record: dict, val: dict, improved: boo
     being written is rewritten from last.pt (whose model it is). Each file is written atomically.
     """
     cfg, epoch = run.cfg, state.epoch
-    state.history.append(json.dumps(_clean(record)))
+    state.history.append(json.dumps(json_safe(record)))
     ckpt = make_checkpoint(
         run.model,
         arch=cfg.model,
@@ -528,7 +520,7 @@ def save_epoch(run: Run, state: RunState, record: dict, val: dict, improved: boo
         label_policy=cfg.policy.to_dict(),
         config=config_to_dict(cfg),
         epoch=epoch,
-        val_metrics=_clean(val),
+        val_metrics=json_safe(val),
     )
     resume_state = {
         "optimizer": run.optimizer.state_dict(),
