@@ -468,7 +468,7 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_manifest_carries_sections(tmp_path):
-    """`cxr manifest` (the lead's wiring of report_columns): sections land on every image row."""
+    """`cxr manifest` takes the report sections onto every image row of their study."""
     from cxr.mimic.manifest import ManifestConfig, make_manifest
     from rawtables import make_frames, write_raw
 
@@ -491,13 +491,13 @@ def test_manifest_carries_sections(tmp_path):
 
 
 def test_demo_reports_reproduce_generator(tmp_path):
-    """On the demo tree the parsed sections say what the generator wrote (runs once cxr.mimic.demo lands)."""
-    demo = pytest.importorskip("cxr.mimic.demo")
-    from cxr.mimic.reports import study_dir_reports
+    """On the demo tree the parsed sections say what the generator wrote."""
+    from cxr.mimic.demo import write_demo
+    from cxr.mimic.reports import report_files
 
     raw = tmp_path / "raw"
-    summary = demo.write_demo(raw, n_patients=8, seed=0, image_size=64)
-    where = {study: rel for study, rel, _ in study_dir_reports(raw / "files")}
+    summary = write_demo(raw, n_patients=8, seed=0, image_size=64)
+    where = {study: rel for study, rel, _, _ in report_files(raw / "files")}
     assert set(where) >= {int(s) for s in summary.reports}
     for study_id, written in summary.reports.items():
         parsed = parse_report(read_report(raw / where[int(study_id)])[0])

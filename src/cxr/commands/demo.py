@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
 HELP = "write a synthetic MIMIC-CXR-JPG tree in the real layout (no credentials needed)"
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    out: Path
-    n_patients: int = 120
-    seed: int = 0
-    image_size: int | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from cxr.mimic.demo import write_demo
 
     out = Path(args.out) if args.out else DataPaths(data_root(args.data_dir)).raw
-    cfg = DemoConfig(out, args.n_patients, args.seed, args.image_size)
-    s = write_demo(cfg.out, cfg.n_patients, cfg.seed, cfg.image_size, progress=bars_enabled())
+    s = write_demo(out, args.n_patients, args.seed, args.image_size, progress=bars_enabled())
     # Counts only: never a subject_id.
-    info(f"demo: wrote {s.n_images} images ({s.image_size} px) to {cfg.out}")
+    info(f"demo: wrote {s.n_images} images ({s.image_size} px) to {out}")
     for split in ("train", "validate", "test"):
         info(
             f"  {split:<8}  {s.patients[split]:>5} patients  {s.studies[split]:>6} studies  "

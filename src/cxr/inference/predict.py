@@ -49,12 +49,14 @@ class PredictResult:
 
 
 def _is_dicom_by_magic(path: Path) -> bool:
+    from cxr.imaging.images import sniff_format
+
     try:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return sniff_format(head) == "dicom"
 
 
 def collect_files(inputs: Sequence[Path]) -> list[Path]:

@@ -77,7 +77,6 @@ def metadata_files(version: str = schema.VERSION) -> tuple[str, ...]:
     return files
 
 
-JPG_BASE_URL = jpg_base_url(schema.VERSION)
 REPORTS_BASE_URL = f"https://physionet.org/files/mimic-cxr/{schema.VERSION}/"
 # Where each project's checksum listing is kept under the destination (MIMIC-CXR's is renamed so
 # the two listings can sit side by side in the raw root).

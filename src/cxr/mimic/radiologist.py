@@ -34,8 +34,6 @@ from cxr.mimic import schema
 from cxr.mimic.tables import LINE, read_csv_text
 
 STUDY_ID = "study_id"
-# Label texts the file may hold (blank is a null or an empty quoted field).
-_VALUE_TEXT = ("1", "1.0", "0", "0.0", "-1", "-1.0")
 # polars renames a repeated header name to `<name>_duplicated_<k>`.
 _DUPLICATED_RE = re.compile(r"^(.*)_duplicated_\d+$")
 
@@ -129,9 +127,9 @@ def read_radiologist_labels(path: str | Path) -> RadiologistLabels:
             STUDY_ID,
             f"study {study} is listed again (first on line {lines[0]})",
         )
-    for col in found.values():
+    for col in found.values():  # blank is a null or an empty quoted field
         value = pl.col(col)
-        bad = df.filter(value.is_not_null() & (value != "") & ~value.is_in(_VALUE_TEXT))
+        bad = df.filter(value.is_not_null() & (value != "") & ~value.is_in(schema.LABEL_TEXTS))
         if bad.height:
             raise _fail(
                 path,

@@ -515,18 +515,12 @@ def report_columns(
     )
 
 
-def study_dir_reports(files_dir: str | os.PathLike[str]) -> Iterable[tuple[int, str, str]]:
-    """Every report under `files/`: (study_id, relpath from the raw root, place) with place
-    `official` (`pXXXXXXXX/sXXXXXXXX.txt`) or `study` (`pXXXXXXXX/sXXXXXXXX/sXXXXXXXX.txt`)."""
-    for study_id, rel, place, _ in report_files(files_dir):
-        yield study_id, rel, place
-
-
 def report_files(
     files_dir: str | os.PathLike[str],
 ) -> Iterable[tuple[int, str, str, os.stat_result]]:
-    """`study_dir_reports` with each file's stat (size and mtime tell whether it changed), at
-    the cost of one stat per report."""
+    """Every report under `files/`: (study_id, relpath from the raw root, place, stat), place
+    `official` (`pXXXXXXXX/sXXXXXXXX.txt`) or `study` (`pXXXXXXXX/sXXXXXXXX/sXXXXXXXX.txt`); the
+    stat (size and mtime) tells whether a file changed, at the cost of one stat per report."""
     files_dir = Path(files_dir)
     top = files_dir.name
     for group in sorted(_scandir_names(files_dir, dirs=True)):

@@ -1,6 +1,7 @@
 """MIMIC-CXR-JPG 2.0.0 facts the code relies on: file names, column names, id shapes, paths.
 
-Columns are always read by name, never by position (see ../shared/MIMIC.md).
+Columns are always read by name, never by position: the published descriptions list the labels
+in another order than the files store them (docs/dataset.md).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ LABELS: tuple[str, ...] = (
 NO_FINDING = "No Finding"
 SUPPORT_DEVICES = "Support Devices"
 LABEL_VALUES = (1.0, 0.0, -1.0)  # plus blank (NaN)
+# How the CSVs may write each of LABEL_VALUES: "1.0" or "1", "0.0" or "0", "-1.0" or "-1".
+LABEL_TEXTS = frozenset({str(v) for v in LABEL_VALUES} | {f"{v:g}" for v in LABEL_VALUES})
 
 CHEXPERT_CSV = f"mimic-cxr-{VERSION}-chexpert.csv"
 SPLIT_CSV = f"mimic-cxr-{VERSION}-split.csv"

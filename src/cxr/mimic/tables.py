@@ -118,16 +118,12 @@ def check_ids(df: pl.DataFrame, file: str) -> list[Problem]:
     return problems
 
 
-# How the CSVs may write each value of schema.LABEL_VALUES: "1.0" or "1", and so on.
-_LABEL_TEXT = {str(v) for v in schema.LABEL_VALUES} | {f"{v:g}" for v in schema.LABEL_VALUES}
-
-
 def check_labels(df: pl.DataFrame, file: str) -> list[Problem]:
     problems: list[Problem] = []
     for label in schema.LABELS:
         if label not in df.columns:
             continue
-        bad = df.filter(pl.col(label).is_not_null() & ~pl.col(label).is_in(_LABEL_TEXT))
+        bad = df.filter(pl.col(label).is_not_null() & ~pl.col(label).is_in(schema.LABEL_TEXTS))
         if bad.height:
             value = bad[label][0]
             problems += _first(file, bad, label, f"label value {value!r} is not 1, 0, -1 or blank")
