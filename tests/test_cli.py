@@ -44,23 +44,40 @@ def test_info_prints_brackets_verbatim(capsys):
 
 
 def test_torch_free_commands_do_not_import_torch(tmp_path):
-    """demo, verify (--deep too), manifest and reports run without importing torch."""
+    """demo, verify (--deep too), manifest, reports and download run without importing torch
+    (tests/test_layering.py checks every import in their reach, function-level ones too)."""
+    import os
+    import socket
+
     code = (
         "import sys; from cxr.cli import main; rc = main(sys.argv[1:]); "
         "sys.exit(3 if 'torch' in sys.modules else rc)"
     )
     raw, data = tmp_path / "raw", tmp_path / "data"
     manifest = data / "processed" / "manifest.parquet"
-    for argv in (
-        ["demo", "--out", raw, "--n-patients", "6"],
-        ["verify", "--raw", raw],
-        ["--data-dir", data, "manifest", "--raw", raw],
-        ["verify", "--raw", raw, "--manifest", manifest, "--deep"],
-        ["--data-dir", data, "reports", "--raw", raw],
+    with socket.socket() as s:  # a local port nothing listens on: the download fails at once
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "PHYSIONET_USERNAME": "u",
+        "PHYSIONET_PASSWORD": "p",
+    }
+    for argv, expected in (
+        (["demo", "--out", raw, "--n-patients", "6"], 0),
+        (["verify", "--raw", raw], 0),
+        (["--data-dir", data, "manifest", "--raw", raw], 0),
+        (["verify", "--raw", raw, "--manifest", manifest, "--deep"], 0),
+        (["--data-dir", data, "reports", "--raw", raw], 0),
+        (["--data-dir", data, "download", "metadata", "--base-url", closed, "--retries", "0"], 1),
     ):
         proc = subprocess.run(
-            [sys.executable, "-c", code, "--quiet", *map(str, argv)], capture_output=True, text=True
+            [sys.executable, "-c", code, "--quiet", *map(str, argv)],
+            capture_output=True,
+            text=True,
+            env=env,
         )
-        assert proc.returncode == 0, (
+        assert proc.returncode == expected, (
             f"{argv[0]}: rc {proc.returncode} (3 = torch imported) {proc.stderr}"
         )
