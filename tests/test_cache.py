@@ -320,7 +320,8 @@ def _resume(proc: subprocess.Popen) -> tuple[int, str]:
 
 
 def test_a_second_run_is_refused_while_one_builds_and_the_first_completes(big, tmp_path, capsys):
-    """--force while another preprocess runs used to wipe its files under it (FileNotFoundError)."""
+    """A second run (--force too) while one builds is refused: it would remove the running one's
+    files under it (which then failed with a FileNotFoundError)."""
     root = _copy(big, tmp_path)
     first = _stopped_holder(root)
     try:

@@ -426,8 +426,8 @@ def test_a_kill_at_any_save_leaves_a_run_that_resume_completes(data, tmp_path, m
 
 
 def test_resume_with_only_best_pt_starts_again(data, tmp_path):
-    """A run killed between best.pt and last.pt of epoch 1 (as runs before the save order
-    was fixed could be): no epoch's full state exists, so resume starts again at epoch 1."""
+    """A run directory holding only epoch 1's best.pt (an older cxr saved best.pt before last.pt):
+    no epoch's full state exists, so resume starts again at epoch 1."""
     args = ("epochs=2", "patience=0")
     train(tiny(data, tmp_path / "reference", *args))
     run = tmp_path / "run"

@@ -6,8 +6,8 @@ its name: a PNG named `.jpg` loads as a PNG.
 
 JPEGs are the hot path (MIMIC-CXR-JPG is 3056 x 2544 JPEGs): with `max_side`, libjpeg decodes in
 the DCT domain at the smallest scale (1/2, 1/4, 1/8) whose result still covers `max_side`, which
-roughly halves the decode cost (see ../shared/PERF.md). `fit_square` then box-filters down to the
-cache geometry.
+roughly halves the decode cost (benchmarks/bench_decode.py, figures in benchmarks/RESULTS.md).
+`fit_square` then box-filters down to the cache geometry.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The manifest: one row per selected image, from the three CSVs alone.
 
-Selection (see ../shared/DESIGN.md): images listed in both split and metadata, with a selected view,
-of studies that have a CheXpert row; every validate and test study is kept, then train studies are
-sampled with a seeded generator up to `n_studies`. Labels are copied exactly as in the CSV (1, 0, -1,
-NaN): the label policy belongs to training and evaluation, never here.
+Selection (docs/architecture.md has the contract later stages rely on): images listed in both
+split and metadata, with a selected view, of studies that have a CheXpert row; every validate and
+test study is kept, then train studies are sampled with a seeded generator up to `n_studies`.
+Labels are copied exactly as in the CSV (1, 0, -1, NaN): the label policy belongs to training and
+evaluation, never here.
 
 The table logic is pure functions over polars frames; `build_manifest` runs them in order and
 `write_manifest` writes the parquet and `manifest.json` atomically. No torch here.
