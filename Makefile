@@ -7,7 +7,7 @@ DATA    ?= data
 DEMO_PATIENTS ?= 120
 CXR     := $(BIN)/cxr
 
-.PHONY: demo test lint venv demo-data verify manifest verify-manifest reports preprocess train \
+.PHONY: demo test test-fast lint venv demo-data verify manifest verify-manifest reports preprocess train \
 	demo-train evaluate clean-demo download-metadata download-subset
 
 venv: $(STAMP)
@@ -64,9 +64,15 @@ download-metadata: $(STAMP)
 download-subset: $(STAMP)
 	$(CXR) download subset --dest $(DATA)/raw --manifest $(DATA)/processed/manifest.parquet
 
+# Every test, the slow end-to-end ones included (what CI runs).
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The same without the tests marked slow (whole-pipeline runs, kills, DDP): for quick iterations.
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

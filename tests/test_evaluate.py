@@ -60,6 +60,7 @@ def _test_studies(fx) -> pl.DataFrame:
     return rows.group_by("study_id", maintain_order=True).first().sort("study_id")
 
 
+@pytest.mark.slow
 def test_evaluate_writes_every_output(evaluated, capsys):
     fx, out = evaluated
     assert _run_eval(fx, out, "--split", "test", "--bootstrap", "100", quiet=False) == 0
@@ -126,6 +127,7 @@ def test_evaluate_writes_every_output(evaluated, capsys):
     assert "blank as negative, uncertain excluded" in printed and "report.html" in printed
 
 
+@pytest.mark.slow
 def test_default_split_is_validate_and_says_thresholds_come_from_it(evaluated, tmp_path, capsys):
     fx, _ = evaluated
     out = tmp_path / "val"
@@ -144,6 +146,7 @@ def test_study_level_metrics_use_mean_of_images(evaluated):
     np.testing.assert_allclose(study[LABELS[0]].to_numpy(), mean[LABELS[0]].to_numpy(), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_training_policy_does_not_change_the_rows_but_the_protocol_does(evaluated, tmp_path):
     fx, out = evaluated
     other = make_checkpoint(tmp_path / "m2" / "best.pt", policy=OTHER_POLICY, seed=1)
@@ -168,6 +171,7 @@ def test_training_policy_does_not_change_the_rows_but_the_protocol_does(evaluate
             assert neg[label]["n_neg"] > a[label]["n_neg"]
 
 
+@pytest.mark.slow
 def test_image_level_keeps_blank_negative_and_counts_images(evaluated, tmp_path):
     fx, out = evaluated
     assert _run_eval(fx, tmp_path / "img", "--split", "test", "--level", "image") == 0
@@ -182,6 +186,7 @@ def test_image_level_keeps_blank_negative_and_counts_images(evaluated, tmp_path)
     assert not (tmp_path / "img" / "predictions_study.csv").exists()
 
 
+@pytest.mark.slow
 def test_rare_labels_are_shown_flagged_and_left_out_of_the_macro(evaluated, tmp_path, capsys):
     fx, out = evaluated
     base = _metrics(out)
@@ -209,6 +214,7 @@ def test_rare_labels_are_shown_flagged_and_left_out_of_the_macro(evaluated, tmp_
     assert set(none["macro"]["left_out"]) == set(LABELS)
 
 
+@pytest.mark.slow
 def test_radiologist_labels_score_the_studies_they_cover(evaluated, tmp_path):
     fx, out = evaluated
     written = write_radiologist_labels(fx)
@@ -240,6 +246,7 @@ def test_radiologist_labels_need_the_file_and_the_test_split(evaluated, tmp_path
     assert err.count("\n") == 1 and "--split test" in err
 
 
+@pytest.mark.slow
 def test_demo_manifest_gets_a_banner(evaluated, tmp_path, capsys):
     fx, _ = evaluated
     marker = fx.raw / ".cxr-demo"
@@ -268,6 +275,7 @@ def test_demo_manifest_gets_a_banner(evaluated, tmp_path, capsys):
     assert "Synthetic demo data" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_size_is_fit_from_the_cache(evaluated, tmp_path):
     fx, _ = evaluated
     ckpt = make_checkpoint(tmp_path / "m" / "best.pt", image_size=24)
@@ -344,6 +352,7 @@ def test_compare_two_runs_trained_under_different_policies(two_runs, capsys):
     assert (out / "compare.html").read_text().count("<tr>") >= len(c["labels"])
 
 
+@pytest.mark.slow
 def test_compare_refuses_different_protocols(two_runs, tmp_path, capsys):
     fx, out_a, _, _ = two_runs
     neg = tmp_path / "neg"
@@ -471,6 +480,7 @@ def test_gallery_report_excerpt_falls_back_to_findings():
     assert "not available" in _report_excerpt(m, "d")[1]
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_feed_the_model_what_training_validated_on(evaluated, tmp_path):
     """A model trained at 24 px from the 32 px cache (cache_size=32): evaluate and predict both
     give exactly the probabilities of training's validation transform on the cached squares."""

@@ -14,6 +14,7 @@ import pytest
 from cxr.mimic import schema
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+pytestmark = pytest.mark.slow  # every test here shares the whole pipeline run (minutes on 2 cores)
 
 
 def cxr(*args, cwd: Path) -> subprocess.CompletedProcess:

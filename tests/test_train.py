@@ -400,6 +400,7 @@ def _same_run(a: Path, b: Path) -> None:
     assert not [p.name for p in b.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_save_leaves_a_run_that_resume_completes(data, tmp_path, monkeypatch):
     """Kill the run at each rename that commits one of its files (and so between any two
     saves), leaving the temporary file a killed writer leaves; `--resume` then completes the
