@@ -7,6 +7,7 @@ module level: `probe` runs with the GPU machine's bare Python, before anything i
     python benchmarks/gpu_check.py probe                # exit 0: a CUDA GPU torch can use
     python benchmarks/gpu_check.py requirements         # what cxr needs besides torch/torchvision
     python benchmarks/gpu_check.py wheels-missing DIR   # requirements no wheel in DIR provides
+    python benchmarks/gpu_check.py install-plan DIR     # the wheels of DIR this Python lacks
     python benchmarks/gpu_check.py run --work DIR       # the steps, each figure, a summary
     python benchmarks/gpu_check.py compare-predictions A.csv B.csv --max-diff 0.01
 
@@ -126,15 +127,18 @@ def read_freeze(text: str) -> dict[str, str]:
     return out
 
 
-def wheels_missing(
-    wheel_dir: Path, roots: Sequence[str], have: dict[str, str] | None = None
-) -> list[str]:
-    """Requirements (name and combined specifier) that no wheel in `wheel_dir` satisfies.
+def plan_wheels(
+    wheel_dir: Path,
+    roots: Sequence[str],
+    have: dict[str, str] | None = None,
+    env: dict[str, str] | None = TARGET_ENV,
+) -> tuple[list[Path], list[str]]:
+    """(the wheels of `wheel_dir` to install, the requirements none of them satisfies).
 
-    The closure of `roots` over the wheels' own requirements, for the target interpreter
-    (TARGET_ENV; extras off), leaving out what torch provides and, with `have` (the GPU
-    machine's `pip freeze`), what that machine already has in a version every requirement on
-    it accepts (pip installs nothing over those either). Empty: the folder is complete.
+    The closure of `roots` over the wheels' own requirements, with environment markers evaluated
+    for `env` (the GPU machine's interpreter; None: the running one) and extras off, leaving out
+    what torch provides and what `have` ({name: version} installed there) already has in a
+    version every requirement on it accepts; what such a package needs in turn is there too.
     """
     Requirement, parse_wheel_filename = _packaging()
     from_wheels = {}
@@ -144,21 +148,22 @@ def wheels_missing(
     have_versions = {}
     for name, text in (have or {}).items():
         try:
-            have_versions[name] = _version(text)
+            have_versions[normalize(name)] = _version(text)
         except ValueError:
-            continue  # a version pip cannot parse: bring a wheel
+            continue  # a version packaging cannot parse: bring a wheel
 
     def accepts(reqs, version) -> bool:
         return all(r.specifier.contains(version, prereleases=True) for r in reqs)
 
-    covered = set(have_versions)  # until a requirement refuses the machine's version
+    marker_env = None if env is None else dict(env)
+    covered = set(have_versions)  # until a requirement refuses the installed version
     while True:
         wanted: dict[str, list] = {}  # name -> the requirements on it
         stack = [Requirement(r) for r in roots]
         opened = set()
         while stack:
             req = stack.pop()
-            if req.marker is not None and not req.marker.evaluate(TARGET_ENV):
+            if req.marker is not None and not req.marker.evaluate(marker_env or {"extra": ""}):
                 continue
             name = normalize(req.name)
             if torch_provided(name):
@@ -171,13 +176,37 @@ def wheels_missing(
         if not refused:
             break
         covered -= refused
-    missing = []
+    install, missing = [], []
     for name, reqs in sorted(wanted.items()):
-        if name in covered or (name in from_wheels and accepts(reqs, from_wheels[name][0])):
+        if name in covered:
             continue
-        spec = ",".join(sorted({str(s) for r in reqs for s in r.specifier}))
-        missing.append(f"{name}{spec}")
-    return missing
+        if name in from_wheels and accepts(reqs, from_wheels[name][0]):
+            install.append(from_wheels[name][1])
+        else:
+            spec = ",".join(sorted({str(s) for r in reqs for s in r.specifier}))
+            missing.append(f"{name}{spec}")
+    return install, missing
+
+
+def wheels_missing(
+    wheel_dir: Path, roots: Sequence[str], have: dict[str, str] | None = None
+) -> list[str]:
+    """Requirements (name and combined specifier) that no wheel in `wheel_dir` satisfies, for the
+    GPU machine's interpreter (TARGET_ENV), given what it has (`have`, from its `pip freeze`).
+    Empty: the folder is complete."""
+    return plan_wheels(wheel_dir, roots, have)[1]
+
+
+def installed() -> dict[str, str]:
+    """{name: version} of every distribution the running interpreter has."""
+    from importlib import metadata
+
+    out = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            out.setdefault(normalize(name), dist.version)
+    return out
 
 
 def _version(text: str):
@@ -386,13 +415,17 @@ def steps(work: Path, python: str = sys.executable, device: str = "cuda") -> lis
     cxr = (python, "-m", "cxr", "--data-dir", data)
     demo_cfg = str(REPO / "configs" / "demo.toml")
     dense_size = "224" if cuda else "64"
-    bench = "--size 224 --cache-size 256 --batch 256 --images 4096"
+    bench = "--model densenet121 --size 224 --cache-size 256 --batch 256 --images 4096"
+    short: tuple[str, ...] = ()  # every batch of every epoch
+    images = f"{data}/raw/files"
     if not cuda:
-        bench = "--size 64 --cache-size 64 --batch 8 --images 64 --steps 2"
+        bench = "--model cxr_small --size 64 --cache-size 64 --batch 8 --images 64 --steps 2"
+        short = ("limit_train_batches=2",)
+        images = f"{data}/raw/files/p10"  # a tenth of the patients
 
     def train(run: str, *overrides: str) -> tuple[str, ...]:
         return (
-            *cxr, "train", "--config", demo_cfg, f"device={device}", *overrides,
+            *cxr, "train", "--config", demo_cfg, f"device={device}", *overrides, *short,
             "--out", f"{w}/models/{run}",
         )  # fmt: skip
 
@@ -405,7 +438,7 @@ def steps(work: Path, python: str = sys.executable, device: str = "cuda") -> lis
     def predict(name: str, run: str) -> tuple[str, ...]:
         return (
             *cxr, "predict", "--checkpoint", f"{w}/models/{run}/best.pt", "--device", device,
-            "--cam", "--out", f"{w}/predict/{name}", f"{data}/raw/files",
+            "--cam", "--out", f"{w}/predict/{name}", images,
         )  # fmt: skip
 
     return [
@@ -436,7 +469,7 @@ def steps(work: Path, python: str = sys.executable, device: str = "cuda") -> lis
         Step("ddp", "torchrun, one process: process group, DDP wrapper, collectives",
              (python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
               "-m", "cxr", "--data-dir", data, "train", "--config", demo_cfg,
-              f"device={device}", "epochs=2", "--out", f"{w}/models/ddp"),
+              f"device={device}", "epochs=2", *short, "--out", f"{w}/models/ddp"),
              150, ("preprocess",),
              train_figures("ddp", 2, marker="DDP nccl" if cuda else "DDP gloo")),
         Step("evaluate", f"evaluate on {device}", evaluate(device, device), 120,
@@ -455,8 +488,7 @@ def steps(work: Path, python: str = sys.executable, device: str = "cuda") -> lis
              predict("densenet121", "densenet121"), 120, ("train densenet121",),
              predict_figures("densenet121", True)),
         Step("bench_train", "benchmarks/bench_train.py: DenseNet-121, batch 256, bf16, channels_last",
-             (python, str(REPO / "benchmarks" / "bench_train.py"), "--model", "densenet121",
-              *bench.split()),
+             (python, str(REPO / "benchmarks" / "bench_train.py"), *bench.split()),
              180, (), bench_figures(device)),
     ]  # fmt: skip
 
@@ -608,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("wheels-missing")
     p.add_argument("wheel_dir", type=Path)
     p.add_argument("--have", type=Path, help="the GPU machine's `pip freeze` output")
+    p = sub.add_parser("install-plan", help="the wheels this Python lacks, one path a line")
+    p.add_argument("wheel_dir", type=Path)
     p = sub.add_parser("run")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps")
@@ -615,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a rehearsal, no GPU"
     )
+    p.add_argument("--only", default="", help="comma-separated step names (default: all)")
     p = sub.add_parser("compare-predictions")
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
@@ -634,6 +669,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for req in missing:
             print(req)
         return EXIT_FAILED if missing else EXIT_OK
+    if args.cmd == "install-plan":
+        for pip_wheel in sorted(args.wheel_dir.glob("pip-*.whl"))[:1]:
+            sys.path.append(str(pip_wheel))  # its vendored packaging, if nothing else has one
+        plan, missing = plan_wheels(args.wheel_dir, requirements(), installed(), env=None)
+        if missing:
+            print(
+                f"gpu_check: set-up failed: neither {sys.executable} nor {args.wheel_dir} has "
+                f"{', '.join(missing)} (rerun benchmarks/gpu_wheels.sh)",
+                file=sys.stderr,
+            )
+            return EXIT_SETUP
+        for wheel in plan:
+            print(wheel)
+        return EXIT_OK
     if args.cmd == "compare-predictions":
         try:
             diff, n = compare_predictions(args.a, args.b)
@@ -650,9 +699,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])
         ),
     }
-    results = run_all(
-        steps(work, device=args.device), work, env, args.budget, args.logs or work / "logs"
-    )
+    plan = steps(work, device=args.device)
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        unknown = wanted - {s.name for s in plan}
+        if unknown:
+            print(f"gpu_check: no step named {', '.join(sorted(unknown))}", file=sys.stderr)
+            return EXIT_SETUP
+        plan = [s for s in plan if s.name in wanted]
+    results = run_all(plan, work, env, args.budget, args.logs or work / "logs")
     lines = summary_lines(results)
     print("\n".join(["", *lines]), flush=True)
     (work / "summary.json").write_text(json.dumps([r.__dict__ for r in results], indent=1) + "\n")

@@ -9,54 +9,66 @@
 #
 # It uses the GPU machine's own Python and torch (PYTHON, default python3) and the source tree
 # (PYTHONPATH=src). What that Python lacks of cxr's requirements is installed, without network,
-# from the wheels in GPU_WHEELS (default benchmarks/_wheels) into a venv that sees the system's
-# packages (so its torch is the one used). Everything is written under GPU_CHECK_WORK (default
-# benchmarks/_work/gpu_check, emptied first); each step's output goes to GPU_CHECK_LOGS (default
-# that folder's logs/).
+# from the wheels in GPU_WHEELS (default benchmarks/_wheels) into a folder of its own put on
+# PYTHONPATH (site/), so the machine's torch is the one used. Everything is written under
+# GPU_CHECK_WORK (default benchmarks/_work/gpu_check, emptied first); each step's output goes to
+# GPU_CHECK_LOGS (default that folder's logs/).
+#
+# GPU_CHECK_ONLY="train bf16,evaluate" runs only those steps; GPU_CHECK_DEVICE=cpu rehearses
+# everything on a machine without a GPU (smaller models; no probe).
 #
 # Exit status: 0 every step passed, 1 a step failed or was skipped, 2 the set-up failed,
 # 3 no CUDA GPU here (said in one line, at once, before anything is installed or written).
 # The logic lives in benchmarks/gpu_check.py (tested on machines without a GPU).
 set -u
+t0=$(date +%s)
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 WHEELS=${GPU_WHEELS:-benchmarks/_wheels}
 WORK=${GPU_CHECK_WORK:-benchmarks/_work/gpu_check}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
 HELPER=benchmarks/gpu_check.py
 
-"$PYTHON" "$HELPER" probe --python "$PYTHON" || exit $?
+if [ "$DEVICE" = cpu ]; then
+    echo "gpu_check: a rehearsal on the CPU (GPU_CHECK_DEVICE=cpu): no figure here is a GPU's"
+else
+    "$PYTHON" "$HELPER" probe --python "$PYTHON" || exit $?
+fi
 
 setup_failed() {
     echo "gpu_check: set-up failed: $*" >&2
     exit 2
 }
 
-t0=$(date +%s)
 rm -rf "$WORK" && mkdir -p "$WORK" || setup_failed "cannot make $WORK"
 WORK=$(cd "$WORK" && pwd)
-# No pip of its own (ensurepip may be missing): the system's pip is visible through
-# --system-site-packages and installs into the venv; else pip runs from its wheel.
-"$PYTHON" -m venv --without-pip --system-site-packages "$WORK/venv" ||
-    setup_failed "$PYTHON -m venv cannot make a venv in $WORK/venv"
-VPY="$WORK/venv/bin/python"
-if "$VPY" -m pip --version >/dev/null 2>&1; then
-    PIP=("$VPY" -m pip)
-else
-    PIP_WHEEL=$(ls "$WHEELS"/pip-*.whl 2>/dev/null | head -n 1)
-    [ -n "$PIP_WHEEL" ] || setup_failed "$PYTHON has no pip and $WHEELS holds no pip wheel"
-    PIP=("$VPY" "$PIP_WHEEL/pip")
-fi
-mapfile -t REQS < <("$VPY" "$HELPER" requirements) || setup_failed "cannot read pyproject.toml"
+SITE="$WORK/site"
+# What this Python lacks goes into a folder of its own, first on PYTHONPATH: no venv, so the
+# machine's torch is used wherever it is installed (system, user or a venv of its own).
 if [ -d "$WHEELS" ]; then
-    echo "gpu_check: installing what $PYTHON lacks of: ${REQS[*]}"
-    "${PIP[@]}" install --isolated --quiet --disable-pip-version-check --no-index \
-        --find-links "$WHEELS" "${REQS[@]}" ||
-        setup_failed "pip could not install cxr's requirements from $WHEELS (above)"
+    "$PYTHON" "$HELPER" install-plan "$WHEELS" >"$WORK/plan.txt" || exit 2
+    mapfile -t PLAN <"$WORK/plan.txt"
+    if [ "${#PLAN[@]}" -gt 0 ]; then
+        echo "gpu_check: installing ${#PLAN[@]} wheels into $SITE"
+        if "$PYTHON" -m pip --version >/dev/null 2>&1; then
+            PIP=("$PYTHON" -m pip)
+        else # no pip: pip runs from its own wheel
+            PIP_WHEEL=$(ls "$WHEELS"/pip-*.whl 2>/dev/null | head -n 1)
+            [ -n "$PIP_WHEEL" ] || setup_failed "$PYTHON has no pip and $WHEELS holds no pip wheel"
+            PIP=("$PYTHON" "$PIP_WHEEL/pip")
+        fi
+        "${PIP[@]}" install --isolated --quiet --disable-pip-version-check --no-index --no-deps \
+            --target "$SITE" "${PLAN[@]}" ||
+            setup_failed "pip could not install the wheels of $WHEELS into $SITE (above)"
+    else
+        echo "gpu_check: $PYTHON has everything cxr needs"
+    fi
 else
-    echo "gpu_check: no $WHEELS: using what $PYTHON has (run benchmarks/gpu_wheels.sh to bring the rest)"
+    echo "gpu_check: no $WHEELS: using what $PYTHON has (benchmarks/gpu_wheels.sh brings the rest)"
 fi
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 # Every module cxr imports at run time, before any step: a missing one is one line, not 15 failures.
-PYTHONPATH=src "$VPY" -c "
+PYTHONPATH="src:$PYTHONPATH" "$PYTHON" -c "
 import cxr.cli, cxr.training.train, cxr.evaluation.evaluate, cxr.evaluation.report
 import cxr.inference.predict, cxr.imaging.images, sklearn.metrics, matplotlib.pyplot, timm
 import torch.utils.tensorboard, pydicom, tomli_w
@@ -64,6 +76,7 @@ import torch.utils.tensorboard, pydicom, tomli_w
 echo "gpu_check: set-up took $(($(date +%s) - t0)) s"
 
 LOGS=${GPU_CHECK_LOGS:-$WORK/logs}
-# The steps share what is left of one 10-minute command.
-BUDGET=$((560 - ($(date +%s) - t0)))
-exec "$VPY" "$HELPER" run --work "$WORK" --logs "$LOGS" --budget "$BUDGET"
+# The steps share what is left of 9 minutes, so that the whole stays inside one 10-minute command.
+BUDGET=$((540 - ($(date +%s) - t0)))
+exec "$PYTHON" "$HELPER" run --work "$WORK" --logs "$LOGS" --budget "$BUDGET" --device "$DEVICE" \
+    --only "${GPU_CHECK_ONLY:-}"

@@ -62,6 +62,7 @@ def test_without_a_gpu_the_script_exits_at_once_in_one_line(tmp_path):
     assert not (tmp_path / "work").exists()  # nothing created, nothing installed
 
 
+@pytest.mark.slow
 def test_a_gpu_torch_cannot_use_is_no_gpu_too(tmp_path):
     """nvidia-smi lists a GPU but this torch (CPU-only here) sees none: the same exit, one line."""
     pytest.importorskip("torch")
@@ -79,6 +80,34 @@ def test_a_gpu_torch_cannot_use_is_no_gpu_too(tmp_path):
     assert line.startswith("gpu_check: no CUDA GPU here (nvidia-smi lists 1, but torch ")
     assert line.endswith("sees none); nothing was run")
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_the_script_sets_up_and_runs_steps_in_a_cpu_rehearsal(tmp_path):
+    """The shell script past the probe: no wheels folder, so this Python's packages are used, the
+    import check passes, the chosen step runs and the summary closes the output."""
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+        "GPU_WHEELS": str(tmp_path / "no-wheels"),
+        "GPU_CHECK_DEVICE": "cpu",
+        "GPU_CHECK_ONLY": "environment",
+    }
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("gpu_check: a rehearsal on the CPU")
+    assert any("no-wheels: using what" in ln for ln in lines)
+    assert lines[-1] == "gpu_check: 1 passed, 0 failed, 0 skipped"
+    summary = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert [(r["name"], r["status"]) for r in summary] == [("environment", "ok")]
+    assert summary[0]["figures"]["torch"]
+    env["GPU_CHECK_ONLY"] = "environment,no such step"
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "no step named no such step" in proc.stderr
 
 
 class _Proc:
@@ -355,6 +384,21 @@ def test_wheels_missing_follows_the_closure(tmp_path):
     (d / "dep-1.5-py3-none-any.whl").unlink()
     _wheel(d, "dep", "0.9")
     assert gc.wheels_missing(d, roots) == []
+    install, missing = gc.plan_wheels(d, roots, {"dep": "0.5"})
+    assert [p.name for p in install] == ["app-1.2-py3-none-any.whl", "lib-2.0-py3-none-any.whl"]
+    assert missing == []
+
+
+def test_install_plan_lists_the_wheels_this_python_lacks(tmp_path, capsys):
+    """On the GPU machine: what the running Python has is left out, what it lacks comes from the
+    folder, and a requirement nothing meets is a set-up failure naming it."""
+    have = gc.installed()
+    assert "pytest" in have and "polars" in have
+    _wheel(tmp_path, "polars", "0.1")  # too old for pyproject's polars>=1.0, and installed anyway
+    assert gc.main(["install-plan", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == ""  # this Python has all of cxr's requirements
+    install, missing = gc.plan_wheels(tmp_path, ["polars>=1.0", "not-there>=2"], {}, env=None)
+    assert (install, missing) == ([], ["not-there>=2", "polars>=1.0"])
 
 
 def test_wheels_missing_leaves_out_what_the_gpu_machine_has(tmp_path):
