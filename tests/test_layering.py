@@ -23,6 +23,7 @@ RANKS = {
     "inference": 4,
     "evaluation": 5,
     "verify": 6,
+    "view": 6,
     "commands": 7,
     "cli": 8,
     "__main__": 9,
