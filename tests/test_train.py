@@ -196,7 +196,7 @@ def test_bad_inputs(data, tmp_path):
         train(tiny(data, tmp_path / "r1", f"manifest='{no_val}'"))
     # cache built from another manifest
     other, _ = make_fixture(tmp_path / "other", size=32, seed=9)
-    with pytest.raises(CxrError, match="another manifest"):
+    with pytest.raises(CxrError, match="another image set"):
         train(tiny(data, tmp_path / "r2", f"manifest='{other}'"))
     # unknown model: named before any data is read
     with pytest.raises(CxrError, match=r"model='vgg'.*densenet121"):
@@ -567,3 +567,28 @@ def test_out_that_is_a_file_is_one_line(data, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is a file; --out must be a directory" in err
     assert taken.read_text() == "not a run"
+
+
+def test_a_run_resumes_and_evaluates_from_any_directory(data, tmp_path, monkeypatch):
+    """config.toml records absolute inputs: `--resume` and `cxr evaluate` from another directory
+    find the run's manifest and cache (relative ones pointed nowhere there)."""
+    from cxr.training.config import read_toml
+
+    manifest, cache = data
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    rel = [f"manifest={os.path.relpath(manifest)}", f"cache={os.path.relpath(cache)}"]
+    argv = ["train", *TINY, "epochs=2", "stop_after_epochs=1", *rel, "--out", "models/r"]
+    assert main(argv) == 0
+    saved = read_toml(work / "models/r/config.toml")
+    assert saved["manifest"] == str(manifest.absolute()) and saved["cache"] == str(cache.absolute())
+    monkeypatch.chdir(elsewhere)
+    run = work / "models" / "r"
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
+    argv = ["evaluate", "--checkpoint", str(run / "best.pt"), "--bootstrap", "0", "--out", "ev"]
+    assert main(argv) == 0
+    evaluated = json.loads((elsewhere / "ev" / "metrics.json").read_text())
+    assert evaluated["provenance"]["manifest"] == str(manifest.absolute())

@@ -31,11 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.core.paths import DataPaths, data_root
     from cxr.core.progress import bars_enabled, info
     from cxr.mimic.demo import write_demo
 
-    out = Path(args.out) if args.out else DataPaths(data_root(args.data_dir)).raw
+    out = Path(args.out) if args.out else args.paths.raw
     cfg = DemoConfig(out, args.n_patients, args.seed, args.image_size)
     s = write_demo(cfg.out, cfg.n_patients, cfg.seed, cfg.image_size, progress=bars_enabled())
     # Counts only: never a subject_id.

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split",
         default="validate",
         choices=("validate", "test", "train"),
-        help="the split to score (default validate; the test split must be asked for)",
+        help="the split to score; validate also chooses the operating points, so scoring "
+        "test must be asked for (default: validate)",
     )
     parser.add_argument(
         "--level",
@@ -50,11 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="output directory (default reports/<run name>)"
     )
-    parser.add_argument("--manifest", type=Path, default=None, help="default <data>/processed/")
     parser.add_argument(
-        "--cache", type=Path, default=None, help="default <data>/interim/cache-<size>"
+        "--manifest",
+        type=Path,
+        default=None,
+        help="manifest to score (default: the one the run trained on; with --data-dir or "
+        "$CXR_DATA_DIR, <data root>/processed/manifest.parquet)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="image cache (default: the run's; with --data-dir, <data root>/interim/cache-<size>)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda or cuda:N"
     )
@@ -64,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from cxr.core.errors import CxrError
-    from cxr.core.paths import data_root
     from cxr.core.progress import console, is_quiet
     from cxr.evaluation.evaluate import EvaluateConfig, evaluate, write_evaluation
     from cxr.evaluation.report import (
@@ -92,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         cache=args.cache,
         batch_size=args.batch_size,
         device=args.device,
-        data_root=data_root(args.data_dir),
+        data_root=args.paths.root,
+        data_root_given=args.paths.given,
     )
     out_dir = cfg.out_dir()
     if out_dir.exists() and not out_dir.is_dir():

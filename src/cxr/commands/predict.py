@@ -11,7 +11,13 @@ HELP = "predict label probabilities for X-ray files or directories (JPEG, PNG, D
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint (best.pt)")
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        help="image files (JPEG, PNG, DICOM) or directories searched recursively",
+    )
     parser.add_argument("--cam", action="store_true", help="write Grad-CAM overlays to <out>/cam/")
     parser.add_argument(
         "--top-k", type=int, default=3, help="labels per image with --cam (default 3)"
@@ -22,8 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="directory for predictions.<format> (default: stdout)",
     )
-    parser.add_argument("--format", default="csv", choices=("csv", "json"))
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--format", default="csv", choices=("csv", "json"), help="table format: csv or json"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument(
         "--device",
         default="auto",

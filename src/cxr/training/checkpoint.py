@@ -33,7 +33,7 @@ from torch import nn
 
 from cxr import __version__
 from cxr.core.atomic import atomic_path
-from cxr.core.errors import CxrError
+from cxr.core.errors import CxrError, MissingInput
 
 PREPROCESS_KEYS = ("image_size", "source_size", "mean", "std", "in_chans", "method")
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "best_score", "best_epoch", "bad_epochs", "history")
@@ -168,7 +168,7 @@ def load_plain(path: str | Path, what: str = "checkpoint"):
     """
     path = Path(path)
     if not path.exists():
-        raise CxrError(f"{path}: {what} not found")
+        raise MissingInput(path, what, "`cxr train --out RUN` writes RUN/best.pt and RUN/last.pt")
     if path.is_dir():
         raise CxrError(f"{path}: is a directory, not a {what} file")
     try:
