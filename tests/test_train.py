@@ -592,3 +592,14 @@ def test_a_run_resumes_and_evaluates_from_any_directory(data, tmp_path, monkeypa
     assert main(argv) == 0
     evaluated = json.loads((elsewhere / "ev" / "metrics.json").read_text())
     assert evaluated["provenance"]["manifest"] == str(manifest.absolute())
+
+
+def test_resuming_a_finished_run_trains_nothing(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(data, run, "epochs=1"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    summary = train(tiny(data, run, "epochs=1"), resume=True)
+    assert summary["last_epoch"] == 1
+    assert "the run is complete (epoch 1 of 1, its last epoch)" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

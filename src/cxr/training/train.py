@@ -654,6 +654,20 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
 def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     run, state = setup(cfg, resume, d)
     cfg = run.cfg  # with the cache size actually read
+    stopped = bool(cfg.patience) and state.bad_epochs >= cfg.patience
+    if resume and state.epoch and (state.epoch >= cfg.epochs or stopped):
+        # A finished run resumed (`make train` twice): nothing to train, nothing rewritten.
+        if d.main:
+            why = "early stopping" if stopped and state.epoch < cfg.epochs else "its last epoch"
+            info(f"{run.out}: the run is complete (epoch {state.epoch} of {cfg.epochs}, {why})")
+        return {
+            "best_epoch": state.best_epoch,
+            "best_val_macro_auroc": state.best_score,
+            "last_epoch": state.epoch,
+            "stopped_early": stopped,
+            "out": str(run.out),
+            "rank": d.rank,
+        }
     writer = None
     if d.main:
         writer = open_outputs(run, state, resumed=resume)
