@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -259,8 +260,10 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     # rank 0 alone prints and writes: each line once, one event file, no stray temporary files
-    for line in ("train: ", "epoch 1: ", "epoch 2: ", "best epoch "):
-        assert sum(ln.startswith(line) for ln in out.stdout.splitlines()) == 1, out.stdout
+    # (not a terminal: epoch lines carry a timestamp)
+    lines = [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", ln) for ln in out.stdout.splitlines()]
+    for line in ("train: ", "epoch 1/2: ", "epoch 2/2: ", "best epoch "):
+        assert sum(ln.startswith(line) for ln in lines) == 1, out.stdout
     names = sorted(p.name for p in run.iterdir())
     assert names == ["best.pt", "config.toml", "last.pt", "metrics.jsonl", "tb"]
     assert len(list((run / "tb").iterdir())) == 1
@@ -603,3 +606,42 @@ def test_resuming_a_finished_run_trains_nothing(data, tmp_path, capsys):
     assert summary["last_epoch"] == 1
     assert "the run is complete (epoch 1 of 1, its last epoch)" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_progress_moves_every_step_and_logs_one_timestamped_line_per_epoch(
+    data, tmp_path, monkeypatch, capsys
+):
+    """The bar used to move every 10 steps (0% for a while, then 71%), validation showed
+    nothing, and a log (not a terminal) got no time per epoch."""
+    import cxr.training.train as train_mod
+
+    updates: dict[str, list[int]] = {}
+
+    class Recorder:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def add_task(self, description, total=None, **fields):
+            updates[description] = [total]
+            return description
+
+        def update(self, task, completed=None, **fields):
+            updates[task].append(completed)
+
+        def advance(self, task, n=1):
+            updates[task].append(updates[task][-1] + n if len(updates[task]) > 1 else n)
+
+    monkeypatch.setattr(train_mod, "make_progress", lambda *columns: Recorder())
+    train(tiny(data, tmp_path / "run", "epochs=2", "batch_size=8"))
+    steps, *moves = updates["epoch 1/2"]
+    assert steps >= 5 and moves == list(range(1, steps + 1))  # every step
+    batches, *seen = updates["validate 1/2"]
+    assert batches >= 1 and seen == list(range(1, batches + 1))
+    out = capsys.readouterr().out  # captured: not a terminal
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    for epoch in (1, 2):
+        pattern = rf"^{stamp} epoch {epoch}/2: train loss .*, \d+\.\d s, [\d,]+ img/s$"
+        assert re.search(pattern, out, re.M), out

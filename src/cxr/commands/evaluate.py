@@ -71,17 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from cxr.core.errors import CxrError
-    from cxr.core.progress import console, is_quiet
+    from cxr.core.progress import console, is_quiet, phase
     from cxr.evaluation.evaluate import EvaluateConfig, evaluate, write_evaluation
     from cxr.evaluation.report import (
         DEMO_BANNER,
-        TABLE_HEADER,
         left_out_text,
-        metric_rows,
         protocol_text,
+        table_lines,
         write_report,
     )
 
@@ -109,22 +106,23 @@ def run(args: argparse.Namespace) -> int:
         raise CxrError(f"{out_dir}: --out is an existing file, not a directory")
     evaluation = evaluate(cfg)
     write_evaluation(evaluation, out_dir)
-    page = write_report(evaluation, out_dir, _config_shown(evaluation, cfg))
+    with phase("figures and report.html"):
+        page = write_report(evaluation, out_dir, _config_shown(evaluation, cfg))
     metrics = evaluation.metrics
     if not is_quiet():
         out = console()
-        if not out.is_terminal:  # logs and pipes: keep each table row on one line
-            out.width = max(out.width, 150)
         if metrics["provenance"]["synthetic_demo"]:
-            out.print(DEMO_BANNER)
-        table = Table(title=f"{metrics['split']} split, {metrics['level']} level", show_lines=False)
-        for h in TABLE_HEADER:
-            table.add_column(h, justify="left" if h == "label" else "right")
-        for row in metric_rows(metrics):
-            table.add_row(*row)
-        out.print(f"protocol: {protocol_text(metrics)}")
-        out.print(table)
-        out.print(left_out_text(metrics))
+            out.print(DEMO_BANNER, markup=False)
+        out.print(f"protocol: {protocol_text(metrics)}", markup=False)
+        out.print(f"{metrics['split']} split, {metrics['level']} level:", markup=False)
+        for line in table_lines(metrics):
+            out.print(line, markup=False, highlight=False)
+        out.print(left_out_text(metrics), markup=False)
+        out.print(
+            "the full table (validate figures, operating points, calibration): "
+            "report.html and metrics.json",
+            markup=False,
+        )
         boot = metrics["bootstrap"]
         out.print(
             f"intervals: {boot['n']} patient resamples (seed {boot['seed']}); "

@@ -273,11 +273,13 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     evaluation = score_predictions(
         cfg, protocol, labels, predicted, radiologist, provenance, model_info
     )
+    from cxr.core.progress import phase
     from cxr.evaluation.report import confident_errors
 
-    evaluation.gallery = confident_errors(
-        evaluation, model, pre, cache, manifest, cfg.gallery_size, cfg.device
-    )
+    with phase("Grad-CAM of the most confident errors"):
+        evaluation.gallery = confident_errors(
+            evaluation, model, pre, cache, manifest, cfg.gallery_size, cfg.device
+        )
     return evaluation
 
 
@@ -319,20 +321,23 @@ def score_predictions(
     p = units_p.select(labels).to_numpy().astype(np.float64)
     unit_ids = units[unit_keys(cfg.level)[-1]].to_list()
 
-    table = score(
-        y,
-        p,
-        labels,
-        ops,
-        groups=units["subject_id"].to_numpy(),
-        studies=units["study_id"].to_numpy(),
-        config=ScoringConfig(
-            n_bootstrap=cfg.n_bootstrap,
-            seed=cfg.seed,
-            ece_bins=cfg.ece_bins,
-            min_positives=cfg.min_positives,
-        ),
-    )
+    from cxr.core.progress import phase
+
+    with phase(f"scoring: {cfg.n_bootstrap} patient resamples for the intervals"):
+        table = score(
+            y,
+            p,
+            labels,
+            ops,
+            groups=units["subject_id"].to_numpy(),
+            studies=units["study_id"].to_numpy(),
+            config=ScoringConfig(
+                n_bootstrap=cfg.n_bootstrap,
+                seed=cfg.seed,
+                ece_bins=cfg.ece_bins,
+                min_positives=cfg.min_positives,
+            ),
+        )
     for j, label in enumerate(labels):
         table["labels"][label]["rows_fingerprint"] = label_fingerprint(unit_ids, y[:, j])
     if radiologist is not None:

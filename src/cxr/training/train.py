@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from cxr.core.atomic import write_text_atomic
 from cxr.core.errors import CxrError
-from cxr.core.progress import err_console, info, make_progress
+from cxr.core.progress import err_console, info, log_stamp, make_progress
 from cxr.training.augment import eval_transform, train_transform
 from cxr.training.checkpoint import (
     check_compatible,
@@ -586,6 +586,8 @@ def train_one_epoch(run: Run, epoch: int, state: RunState) -> tuple[float, float
                     _nan_stop(epoch, step, run.best_path, state.best_epoch, state.best_score)
                 rate = seen * d.world / (time.perf_counter() - t0)
                 bar.update(task, completed=step, stats=f"loss {mean_loss:.4f}  {rate:,.0f} img/s")
+            else:
+                bar.update(task, completed=step)  # the bar moves every step, without a sync
     if d.world > 1:
         # On the training device: NCCL reduces CUDA tensors only (gloo takes the CPU's).
         totals = torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64, device=d.device)
@@ -615,7 +617,8 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
             dist.broadcast(buf, 0)
     run.fwd.eval()
     parts_pos, parts_logits = [], []
-    with torch.no_grad():
+    with torch.no_grad(), make_progress() if d.main else _NoBar() as bar:
+        task = bar.add_task(f"validate {epoch}/{cfg.epochs}", total=len(run.val_loader))
         for batch in run.val_loader:
             batch = batch.to(d.device)
             x = run.model_input(eval_transform(batch.img, cfg.image_size, cfg.mean, cfg.std))
@@ -623,6 +626,7 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
                 logits = run.fwd(x)
             parts_pos.append(batch.positions.cpu())
             parts_logits.append(logits.float().cpu())
+            bar.advance(task)
     pos = torch.cat(parts_pos) if parts_pos else torch.zeros(0, dtype=torch.long)
     logits = torch.cat(parts_logits) if parts_logits else torch.zeros(0, len(cfg.labels))
     if d.world > 1:
@@ -680,6 +684,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     epoch = state.epoch
     try:
         for epochs_now, epoch in enumerate(range(state.epoch + 1, cfg.epochs + 1), 1):
+            t0 = time.perf_counter()
             train_loss, images_per_s = train_one_epoch(run, epoch, state)
             val = validate(run, epoch, state)
             improved = state.update(epoch, val["val_macro_auroc"])
@@ -693,10 +698,12 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
             }
             if d.main:
                 save_epoch(run, state, record, val, improved, writer)
+                # One line per epoch: with a timestamp where no bar is drawn (a Slurm log).
                 info(
-                    f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val['val_loss']:.4f}, "
-                    f"val macro AUROC {val['val_macro_auroc']:.4f}"
-                    f"{' (best)' if improved else ''}, {images_per_s:,.0f} img/s"
+                    f"{log_stamp()}epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}, "
+                    f"val loss {val['val_loss']:.4f}, val macro AUROC {val['val_macro_auroc']:.4f}"
+                    f"{' (best)' if improved else ''}, {time.perf_counter() - t0:.1f} s, "
+                    f"{images_per_s:,.0f} img/s"
                 )
             if cfg.patience and state.bad_epochs >= cfg.patience:
                 stopped_early = True
@@ -749,4 +756,7 @@ class _NoBar:
         return 0
 
     def update(self, *args, **kwargs) -> None:
+        return None
+
+    def advance(self, *args, **kwargs) -> None:
         return None
