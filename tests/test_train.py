@@ -595,6 +595,18 @@ def test_a_run_resumes_and_evaluates_from_any_directory(data, tmp_path, monkeypa
     assert main(argv) == 0
     evaluated = json.loads((elsewhere / "ev" / "metrics.json").read_text())
     assert evaluated["provenance"]["manifest"] == str(manifest.absolute())
+    # the thresholds training recorded are the ones evaluate chooses on validate (its youden)
+    best = load_checkpoint(run / "best.pt")
+    assert best["views"] == ["PA"]
+    chosen = 0
+    for label, m in evaluated["labels"].items():
+        point = m["operating_points"]["youden"]
+        if point["source"] == "validate":
+            chosen += 1
+            assert best["thresholds"]["youden"][label] == pytest.approx(
+                point["threshold"], abs=1e-5
+            )
+    assert chosen >= 5
 
 
 def test_resuming_a_finished_run_trains_nothing(data, tmp_path, capsys):

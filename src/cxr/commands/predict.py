@@ -18,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE_OR_DIR",
         help="image files (JPEG, PNG, DICOM) or directories searched recursively",
     )
-    parser.add_argument("--cam", action="store_true", help="write Grad-CAM overlays to <out>/cam/")
+    parser.add_argument(
+        "--cam",
+        action="store_true",
+        help="write Grad-CAM overlays of the top-k labels to <out>/cam/<image>__<Label>.png",
+    )
     parser.add_argument(
         "--top-k", type=int, default=3, help="labels per image with --cam (default 3)"
     )
@@ -36,6 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device",
         default="auto",
         help="auto (default: CUDA when available, else the CPU), cpu, cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--thresholds",
+        choices=("validate",),
+        default=None,
+        help="also write a yes/no decision per label, at the thresholds training chose on the "
+        "validate split (the checkpoint records them)",
+    )
+    parser.add_argument(
+        "--equalize",
+        choices=("auto", "all", "none"),
+        default="auto",
+        help="histogram-equalize inputs as MIMIC-CXR-JPG's images were: auto (PNG and DICOM; "
+        "JPEGs are taken as MIMIC-CXR-JPG's), all, or none (default: auto)",
     )
 
 
@@ -55,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         format=args.format,
         batch_size=args.batch_size,
         device=args.device,
+        thresholds=args.thresholds,
+        equalize=args.equalize,
     )
     result, text = predict(cfg)
     for note in result.notes:

@@ -113,16 +113,19 @@ def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
     return f
 
 
-def validation_aurocs(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels) -> dict:
-    """Study-level AUROC per label, scored as `cxr evaluate` scores it by default.
+# A label whose validate studies lack a class gets this threshold, as in `cxr evaluate`.
+DEFAULT_THRESHOLD = 0.5
+
+
+def _study_scores(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels):
+    """(targets, probabilities) per validate study, as `cxr evaluate` forms them by default.
 
     A study's probability is the mean of its images' (`metrics.aggregate_studies`); its targets are
     `metrics.eval_targets` of its raw labels: blank negative, uncertain (-1) left out, whatever the
     training policy made of either, so runs trained under different policies are validated on the
-    same rows. None where a label lacks one of the two classes.
+    same rows.
     """
     import polars as pl
-    from sklearn.metrics import roc_auc_score
 
     from cxr.stats.metrics import aggregate_studies, eval_targets
 
@@ -132,7 +135,31 @@ def validation_aurocs(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray,
     )
     study_probs = aggregate_studies(frame, names).select(names).to_numpy()
     _, first = np.unique(study_ids, return_index=True)  # sorted study ids, as aggregate_studies
-    y = eval_targets(raw[first])  # labels are per study: any image's row will do
+    return eval_targets(raw[first]), study_probs  # labels are per study: any image's row will do
+
+
+def validation_thresholds(study_ids, probs, raw, labels) -> dict[str, float]:
+    """Each label's Youden threshold on the validate studies (`_study_scores`): the operating
+    point `cxr evaluate` calls youden, recorded in the checkpoint for `cxr predict --thresholds
+    validate`. DEFAULT_THRESHOLD where validate lacks a class."""
+    from cxr.stats.metrics import youden_threshold
+
+    y, study_probs = _study_scores(study_ids, probs, raw, labels)
+    out = {}
+    for j, name in enumerate(labels):
+        keep = np.isfinite(y[:, j])
+        t = youden_threshold(y[keep, j], study_probs[keep, j])
+        out[name] = DEFAULT_THRESHOLD if t is None else t
+    return out
+
+
+def validation_aurocs(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels) -> dict:
+    """Study-level AUROC per label, scored as `cxr evaluate` scores it by default
+    (`_study_scores`). None where a label lacks one of the two classes."""
+    from sklearn.metrics import roc_auc_score
+
+    names = list(labels)
+    y, study_probs = _study_scores(study_ids, probs, raw, labels)
     out: dict[str, float | None] = {}
     for j, name in enumerate(names):
         keep = np.isfinite(y[:, j])
@@ -214,6 +241,7 @@ class Run:
     pos_weight: torch.Tensor | None
     one_class: frozenset[str]  # labels left out of macro AUROC (one class among train images)
     preprocess: dict  # the checkpoint's preprocess block
+    views: list[str] = field(default_factory=list)  # the train split's view positions
 
     @property
     def cuda(self) -> bool:
@@ -359,6 +387,9 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> tuple[Run, RunState]:
     }
     train_ds = CxrDataset(manifest, cache, "train", cfg.labels, cfg.policy)
     val_ds = CxrDataset(manifest, cache, "validate", cfg.labels, cfg.policy)
+    views = sorted(
+        manifest.filter(manifest["split"] == "train")["view_position"].drop_nulls().unique()
+    )
     del manifest  # subject_id goes no further than this point
     for ds in (train_ds, val_ds):
         if ds.n_excluded:
@@ -440,6 +471,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> tuple[Run, RunState]:
         pos_weight=pos_weight,
         one_class=frozenset(no_pos) | frozenset(no_neg),
         preprocess=preprocess,
+        views=[str(v) for v in views],
     )
     state = RunState() if ckpt is None else _resume_state(run, ckpt)
     if ckpt is not None:
@@ -519,6 +551,11 @@ def save_epoch(run: Run, state: RunState, record: dict, val: dict, improved: boo
         config=config_to_dict(cfg),
         epoch=epoch,
         val_metrics=_clean(val),
+        thresholds={
+            "youden": dict(val["val_youden_thresholds"]),
+            "chosen_on": "validate split, study level, CheXpert labels, uncertain excluded",
+        },
+        views=run.views,
     )
     resume_state = {
         "optimizer": run.optimizer.state_dict(),
@@ -649,7 +686,18 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
     )
     counted = [v for k, v in aurocs.items() if v is not None and k not in run.one_class]
     macro = float(np.mean(counted)) if counted else float("nan")
-    return {"val_loss": val_loss, "val_macro_auroc": macro, "val_auroc": aurocs}
+    thresholds = validation_thresholds(
+        val_ds.study_ids[pos.numpy()],
+        torch.sigmoid(logits).numpy(),
+        val_ds.raw_labels[pos.numpy()],
+        cfg.labels,
+    )
+    return {
+        "val_loss": val_loss,
+        "val_macro_auroc": macro,
+        "val_auroc": aurocs,
+        "val_youden_thresholds": thresholds,
+    }
 
 
 # -- the loop -----------------------------------------------------------------------------------
