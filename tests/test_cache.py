@@ -104,6 +104,7 @@ def test_bad_files_are_recorded_not_fatal(data, capsys):
     out = capsys.readouterr().out
     assert "36 decoded, 4 failed" in out  # failures are not counted as decoded
     assert "file not found" in out and "empty file (0 bytes)" in out
+    assert "`cxr download subset` fetches the manifest's missing images" in out
     assert "1000000" not in out  # subject ids (in the paths) never printed
     cache = load_cache(data / "interim" / "cache-32")
     idx = cache.index

@@ -87,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {dicom_id}: {reason}")
         if len(result.failed) > 20:
             print(f"  ... and {len(result.failed) - 20} more")
+        if any(reason == "file not found" for _, reason in result.failed):
+            print(
+                "  `cxr download subset` fetches the manifest's missing images; "
+                "a rerun of this command then decodes only those"
+            )
     if result.complete:
         info(f"complete: {result.n} rows, index.parquet written; next: `cxr train`")
     else:

@@ -310,7 +310,10 @@ def _check_out(cfg: TrainConfig, resume: bool) -> None:
         raise CxrError(f"{out}: is a file; --out must be a directory")
     if resume:
         if not out.is_dir() or not any(out.iterdir()):
-            raise CxrError(f"{out / 'last.pt'}: nothing to resume (no run in {out})")
+            raise CxrError(
+                f"{out / 'last.pt'}: nothing to resume (no run in {out}); "
+                f"`cxr train --out {out}` without --resume starts one"
+            )
     elif (out / "last.pt").exists() or (out / "best.pt").exists():
         raise CxrError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
