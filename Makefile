@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(MAKE) --no-print-directory demo-data verify manifest verify-manifest preprocess demo-train evaluate
 	@echo "open file://$(abspath reports/demo/report.html)"
-	@echo "browse its errors: $(CXR) --data-dir $(DATA) view $(EVAL_OUT)"
+	@echo "browse its errors: $(CXR) --data-dir $(DATA) view reports/demo"
 
 demo-data: $(STAMP)
 	$(CXR) demo --out $(DATA)/raw --n-patients $(DEMO_PATIENTS) --seed 0
