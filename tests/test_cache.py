@@ -174,6 +174,9 @@ def test_a_rewritten_manifest_with_the_same_images_keeps_its_cache(data, capsys,
     assert snapshot(data / "interim" / "cache-32") == reference
     cache = load_cache(data / "interim" / "cache-32")
     assert holds_manifest(cache, data / "processed" / "manifest.parquet")
+    from cxr.view.images import find_cache  # cxr view's thumbnails come from it too
+
+    assert find_cache(data, data / "processed" / "manifest.parquet").dir == cache.dir
     m.head(39).write_parquet(data / "processed" / "manifest.parquet")
     assert not holds_manifest(cache, data / "processed" / "manifest.parquet")
 
