@@ -40,10 +40,7 @@ DESCRIPTION = (
     + ", ".join(COMMANDS)
     + ". `cxr COMMAND --help` lists a command's options and their defaults."
 )
-EPILOG = (
-    "The global options --data-dir and --quiet may be given before or after the command "
-    "(`cxr --data-dir X preprocess` or `cxr preprocess --data-dir X`)."
-)
+EPILOG = "The global options --data-dir and --quiet go before or after the command."
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -91,6 +88,7 @@ def add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     keep = {} if top else {"default": argparse.SUPPRESS}
     parser.add_argument(
         "--data-dir",
+        metavar="DIR",
         help="data root: raw/, processed/, interim/ live under it "
         "(default: $CXR_DATA_DIR, else ./data)",
         **({"default": None} if top else keep),
