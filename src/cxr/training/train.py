@@ -507,7 +507,17 @@ def _history(last: dict, metrics_path: Path) -> list[str]:
 
 
 def open_outputs(run: Run, state: RunState, resumed: bool):
-    """Make the run directory consistent with `state`, write config.toml; the TensorBoard writer.
+    """`repair_outputs`, then the TensorBoard writer."""
+    repair_outputs(run, state, resumed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tensorboard's own deprecation noise
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run.out / "tb"), purge_step=state.epoch + 1)
+
+
+def repair_outputs(run: Run, state: RunState, resumed: bool) -> None:
+    """Make the run directory consistent with `state` and write config.toml.
 
     Removes temporary files a killed run left, rewrites metrics.jsonl to the epochs of last.pt,
     and rewrites best.pt from last.pt when a kill fell between the two on the epoch that was best.
@@ -529,11 +539,6 @@ def open_outputs(run: Run, state: RunState, resumed: bool):
                 best_epoch = load_checkpoint(run.best_path).get("epoch")
         if best_epoch != state.epoch:
             save_checkpoint(run.best_path, without_resume_state(load_checkpoint(run.last_path)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tensorboard's own deprecation noise
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(out / "tb"), purge_step=state.epoch + 1)
 
 
 def save_epoch(run: Run, state: RunState, record: dict, val: dict, improved: bool, writer) -> None:
@@ -711,8 +716,10 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     cfg = run.cfg  # with the cache size actually read
     stopped = bool(cfg.patience) and state.bad_epochs >= cfg.patience
     if resume and state.epoch and (state.epoch >= cfg.epochs or stopped):
-        # A finished run resumed (`make train` twice): nothing to train, nothing rewritten.
+        # A finished run resumed (`make train` twice): nothing to train. What a kill during its
+        # last save left is still repaired.
         if d.main:
+            repair_outputs(run, state, resumed=True)
             why = "early stopping" if stopped and state.epoch < cfg.epochs else "its last epoch"
             info(f"{run.out}: the run is complete (epoch {state.epoch} of {cfg.epochs}, {why})")
         return {
