@@ -216,7 +216,8 @@ tr.group td{font-weight:600;background:#f8f9fa;text-align:left}
 .banner{background:#b3261e;color:#fff;padding:10px 14px;font-size:16px;font-weight:600;border-radius:4px}
 .mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px} td{white-space:nowrap}
 table.prov th,table.prov td{text-align:left} table.prov td{white-space:normal;word-break:break-all}
-td.name{white-space:normal;min-width:90px} .ci{display:block;font-size:10px;color:#555}
+td.name{white-space:normal;min-width:90px}
+.ci{display:block;font-size:10px;color:#555;white-space:normal}
 .scroll{overflow-x:auto;max-width:100%}
 .note{background:#fff7e0;border-left:4px solid #f0b400;padding:6px 10px;font-size:13px}
 .muted{color:#777} img.fig{max-width:100%;border:1px solid #eee}
