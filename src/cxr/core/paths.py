@@ -8,18 +8,12 @@ can say which data root was in force.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ROOT = "data"
 ENV_VAR = "CXR_DATA_DIR"
 DEFAULT_SOURCE = "the default: no --data-dir, no $CXR_DATA_DIR"
-_CACHE_NAME = re.compile(r"cache-(\d+)")
-
-
-def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    return resolve_paths(explicit).root
 
 
 def resolve_paths(explicit: str | os.PathLike[str] | None = None) -> DataPaths:
@@ -55,17 +49,6 @@ class DataPaths:
 
     def cache(self, size: int) -> Path:
         return self.interim / f"cache-{size}"
-
-    def caches(self) -> dict[int, Path]:
-        """The cache directories present under interim/, by size (complete or not)."""
-        if not self.interim.is_dir():
-            return {}
-        found = {}
-        for p in self.interim.iterdir():
-            m = _CACHE_NAME.fullmatch(p.name)
-            if m and p.is_dir():
-                found[int(m.group(1))] = p
-        return dict(sorted(found.items()))
 
     @property
     def given(self) -> bool:
