@@ -7,8 +7,8 @@ DATA    ?= data
 DEMO_PATIENTS ?= 120
 CXR     := $(BIN)/cxr
 
-.PHONY: demo test test-fast lint venv demo-data verify manifest verify-manifest reports preprocess train \
-	demo-train evaluate clean-demo download-metadata download-subset
+.PHONY: demo test test-fast lint venv demo-data verify manifest verify-manifest reports preprocess \
+	train demo-train evaluate clean-demo real-data download-metadata download-subset
 
 venv: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(MAKE) --no-print-directory demo-data verify manifest verify-manifest preprocess demo-train evaluate
 	@echo "open file://$(abspath reports/demo/report.html)"
-	@echo "browse its errors: $(CXR) --data-dir $(DATA) view $(EVAL_OUT)"
+	@echo "browse its errors: $(CXR) --data-dir $(DATA) view reports/demo"
 
 demo-data: $(STAMP)
 	$(CXR) demo --out $(DATA)/raw --n-patients $(DEMO_PATIENTS) --seed 0
@@ -37,27 +37,41 @@ verify-manifest: $(STAMP)
 	$(CXR) verify --raw $(DATA)/raw --manifest $(DATA)/processed/manifest.parquet --deep
 
 preprocess: $(STAMP)
-	$(CXR) --data-dir $(DATA) preprocess --size 256
+	$(CXR) --data-dir $(DATA) preprocess
 
 reports: $(STAMP)
 	$(CXR) reports --raw $(DATA)/raw
 
-# Training; TRAIN_CONFIG=configs/densenet121-224.toml for the reference recipe on a GPU.
+# Training into RUN (models/<config name>); a RUN that already holds a run is resumed, so a run
+# that was stopped completes and a finished one says so. TRAIN_CONFIG=configs/densenet121-224.toml
+# for the reference recipe on a GPU. The run trained last is what `make evaluate` scores.
 TRAIN_CONFIG ?= configs/demo.toml
+RUN ?= models/$(basename $(notdir $(TRAIN_CONFIG)))
+LAST_RUN := models/.last-run
 train: $(STAMP)
-	$(CXR) --data-dir $(DATA) train --config $(TRAIN_CONFIG)
+	$(CXR) --data-dir $(DATA) train --config $(TRAIN_CONFIG) --out $(RUN) $(if $(wildcard $(RUN)/last.pt),--resume)
+	@mkdir -p models && echo $(RUN) > $(LAST_RUN)
 
-# The demo's run starts over each time (cxr train refuses to overwrite a run's checkpoints).
+# The demo's run starts over each time.
 demo-train: $(STAMP)
 	rm -rf models/demo
 	$(CXR) --data-dir $(DATA) train --config configs/demo.toml --out models/demo
+	@mkdir -p models && echo models/demo > $(LAST_RUN)
 
-CHECKPOINT ?= models/demo/best.pt
-EVAL_OUT   ?= reports/demo
+# Scores the run trained last (read when the recipe runs, so `make train evaluate` works).
+CHECKPOINT ?= $(shell cat $(LAST_RUN) 2>/dev/null || echo models/demo)/best.pt
+EVAL_OUT   ?= reports/$(notdir $(patsubst %/,%,$(dir $(CHECKPOINT))))
+SPLIT      ?= test
 evaluate: $(STAMP)
-	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT) --split test
+	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT) --split $(SPLIT)
 
-# Real data (PhysioNet credentials in PHYSIONET_USERNAME / PHYSIONET_PASSWORD or ~/.netrc).
+# Real data, the data guide's order (PhysioNet credentials in PHYSIONET_USERNAME /
+# PHYSIONET_PASSWORD or ~/.netrc): the CSVs, the subset's manifest, its images and reports, the
+# checks, then the manifest again with the reports' sections. Then: make preprocess train evaluate.
+real-data: $(STAMP)
+	$(MAKE) --no-print-directory download-metadata manifest download-subset verify-manifest
+	$(MAKE) --no-print-directory manifest
+
 download-metadata: $(STAMP)
 	$(CXR) download metadata --dest $(DATA)/raw
 
@@ -79,4 +93,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean-demo:
-	rm -rf $(DATA)/raw $(DATA)/processed $(DATA)/interim models/demo reports/demo
+	rm -rf $(DATA)/raw $(DATA)/processed $(DATA)/interim models/demo reports/demo $(LAST_RUN)

@@ -104,6 +104,7 @@ def test_bad_files_are_recorded_not_fatal(data, capsys):
     out = capsys.readouterr().out
     assert "36 decoded, 4 failed" in out  # failures are not counted as decoded
     assert "file not found" in out and "empty file (0 bytes)" in out
+    assert "`cxr download subset` fetches the manifest's missing images" in out
     assert "1000000" not in out  # subject ids (in the paths) never printed
     cache = load_cache(data / "interim" / "cache-32")
     idx = cache.index
@@ -144,18 +145,101 @@ def test_rerun_fills_only_missing(data):
     assert snapshot(cfg.cache_dir) == reference
 
 
-def test_refuses_other_manifest_unless_force(data, capsys):
+def _decoded(monkeypatch) -> list[str]:
+    """The paths the cache decodes from now on (in-process, one worker)."""
+    import cxr.imaging.images as images
+
+    seen: list[str] = []
+    real = images.load_fitted
+    monkeypatch.setattr(
+        images, "load_fitted", lambda path, size: seen.append(path) or real(path, size)
+    )
+    return seen
+
+
+def test_a_rewritten_manifest_with_the_same_images_keeps_its_cache(data, capsys, monkeypatch):
+    """The cache is keyed on its (dicom_id, image_path) list, not on the manifest's bytes: the
+    manifest rewritten with report sections and other label values still matches it."""
+    from cxr.imaging.cache import holds_manifest
+
     args = ["--data-dir", str(data), "preprocess", "--size", "32", "--workers", "1"]
     assert main(args) == 0
-    m = manifest_of(data)
-    m.head(30).write_parquet(data / "processed" / "manifest.parquet")
+    reference = snapshot(data / "interim" / "cache-32")
+    m = manifest_of(data).with_columns(pl.lit("no acute process").alias("impression"))
+    m.write_parquet(data / "processed" / "manifest.parquet")
     capsys.readouterr()
-    assert main(args) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "another manifest" in err and "--force" in err
-    assert main([*args, "--force"]) == 0
+    seen = _decoded(monkeypatch)
+    assert main(args) == 0
+    assert "nothing to do, 40 already cached" in capsys.readouterr().out and seen == []
+    assert snapshot(data / "interim" / "cache-32") == reference
     cache = load_cache(data / "interim" / "cache-32")
-    assert cache.images.shape == (30, 32, 32) and cache.index.height == 30
+    assert holds_manifest(cache, data / "processed" / "manifest.parquet")
+    from cxr.view.images import find_cache  # cxr view's thumbnails come from it too
+
+    assert find_cache(data, data / "processed" / "manifest.parquet").dir == cache.dir
+    m.head(39).write_parquet(data / "processed" / "manifest.parquet")
+    assert not holds_manifest(cache, data / "processed" / "manifest.parquet")
+
+
+def test_a_changed_image_set_decodes_only_the_images_the_cache_lacks(data, capsys, monkeypatch):
+    args = ["--data-dir", str(data), "preprocess", "--size", "32", "--workers", "1"]
+    full = manifest_of(data)
+    fresh = config(data, size=32)
+    build_cache(fresh)
+    reference = load_cache(fresh.cache_dir).images[:].copy()
+    shutil.rmtree(fresh.cache_dir)
+    manifest = data / "processed" / "manifest.parquet"
+    # a cache of 30 images, then a manifest of 10 of them and 10 others, in another order
+    full.head(30).write_parquet(manifest)
+    assert main(args) == 0
+    changed = pl.concat([full.slice(30, 10), full.slice(10, 10)])
+    changed.write_parquet(manifest)
+    capsys.readouterr()
+    seen = _decoded(monkeypatch)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "10 decoded, 0 failed" in out and "10 images kept from the cache" in out
+    assert sorted(seen) == sorted(str(data / "raw" / p) for p in full["image_path"][30:40])
+    cache = load_cache(fresh.cache_dir)
+    assert cache.index["dicom_id"].to_list() == changed["dicom_id"].to_list()
+    np.testing.assert_array_equal(cache.images[:10], reference[30:40])
+    np.testing.assert_array_equal(cache.images[10:], reference[10:20])  # carried, byte-identical
+    stored = pl.read_parquet(fresh.cache_dir / "keys.parquet")["image_path"].to_list()
+    assert all("/p********/" in p for p in stored)  # no subject_id in the cache
+    # shards do not carry a cache over: one full run first
+    full.write_parquet(manifest)
+    with pytest.raises(CxrError, match="once without --shard"):
+        build_cache(config(data, size=32, shard=(0, 2)))
+    # --force decodes everything again
+    seen.clear()
+    assert main([*args, "--force"]) == 0
+    assert len(seen) == 40
+    np.testing.assert_array_equal(load_cache(fresh.cache_dir).images[:], reference)
+
+
+def test_a_kill_while_carrying_over_leaves_a_cache_the_next_run_rebuilds(data, monkeypatch):
+    import cxr.imaging.cache as cache_mod
+
+    full = manifest_of(data)
+    manifest = data / "processed" / "manifest.parquet"
+    build_cache(config(data))
+    reference = snapshot(config(data).cache_dir)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for step in ("_write_keys", "_write_meta"):  # after the old cache.json is gone
+        full.head(20).write_parquet(manifest)
+        with monkeypatch.context() as m:
+            m.setattr(cache_mod, step, killed)
+            with pytest.raises(KeyboardInterrupt):
+                build_cache(config(data))
+        with pytest.raises(CxrError):
+            load_cache(config(data).cache_dir)  # never a mix of the two layouts
+        full.write_parquet(manifest)
+        result = build_cache(config(data))
+        assert (result.done, result.carried) == (40, 0)  # rebuilt from nothing
+        assert snapshot(config(data).cache_dir) == reference
 
 
 def test_refuses_other_size_in_the_same_dir(data):
@@ -414,3 +498,45 @@ def test_ctrl_c_with_workers_is_one_line_and_leaves_a_resumable_cache(big, tmp_p
     rerun = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     assert "skipped as already cached" in rerun.stdout and " 0 skipped" not in rerun.stdout
     assert snapshot(cache_dir) == reference
+
+
+def test_train_reads_a_cache_that_serves_its_size_else_names_the_command(data, monkeypatch):
+    """`cxr preprocess` then a bare `cxr train`: train finds the cache preprocess built."""
+    from cxr.commands.train import resolve_inputs
+    from cxr.core.defaults import CACHE_SIZE, IMAGE_SIZE
+    from cxr.core.errors import MissingInput
+    from cxr.core.paths import DataPaths
+    from cxr.imaging.cache import choose_cache
+    from cxr.training.config import TrainConfig
+
+    monkeypatch.chdir(data.parent)
+    paths = DataPaths(Path(data.name))  # relative, as `--data-dir data` gives it
+    manifest, interim = paths.manifest, paths.interim
+    assert CACHE_SIZE >= IMAGE_SIZE  # the default cache serves the default model input
+    # what `cxr preprocess` builds with no options, a default TrainConfig reads
+    assert main(["--data-dir", str(paths.root), "preprocess", "--workers", "1"]) == 0
+    cfg = resolve_inputs(TrainConfig(), paths)
+    assert cfg.cache == str(data / "interim" / f"cache-{CACHE_SIZE}")
+    assert cfg.manifest == str(data / "processed" / "manifest.parquet")  # absolute: from anywhere
+    shutil.rmtree(interim / f"cache-{CACHE_SIZE}")
+
+    build_cache(config(data, size=32))
+    build_cache(config(data, size=48))
+    assert choose_cache(interim, manifest, 24) == interim / "cache-32"  # the smallest that serves
+    assert choose_cache(interim, manifest, 40) == interim / "cache-48"
+    assert choose_cache(interim, manifest, 24, cache_size=48) == interim / "cache-48"
+    for image_size, cache_size, command in (
+        (64, 0, f"`cxr preprocess --size {CACHE_SIZE}` builds it"),
+        (CACHE_SIZE + 8, 0, f"`cxr preprocess --size {CACHE_SIZE + 8}` builds it"),
+        (24, 64, "`cxr preprocess --size 64` builds it"),
+    ):
+        with pytest.raises(MissingInput, match=command):
+            choose_cache(interim, manifest, image_size, cache_size)
+    # another image set: the smallest cache that would serve is the one to update
+    manifest_of(data).head(30).write_parquet(manifest)
+    with pytest.raises(MissingInput) as exc:
+        choose_cache(interim, manifest, 24)
+    assert "cache-32: another image set, cache-48: another image set" in str(exc.value)
+    assert "`cxr preprocess --size 32` updates it, decoding only the images it lacks" in str(
+        exc.value
+    )

@@ -70,7 +70,7 @@ def test_loader_epochs_and_shards(fixture):
 def test_cache_from_another_manifest_is_refused(fixture, tmp_path):
     _manifest, cache_dir = fixture
     other, _ = make_fixture(tmp_path / "other", size=32, seed=5)
-    with pytest.raises(CxrError, match="another manifest"):
+    with pytest.raises(CxrError, match="another image set"):
         open_cache(cache_dir, other)
     with pytest.raises(CxrError, match="not in the cache"):
         CxrDataset(read_manifest(other), open_cache(cache_dir), "train", LABELS, LabelPolicy())

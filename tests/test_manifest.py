@@ -232,11 +232,12 @@ def test_empty_csv(tmp_path):
 
 
 def test_missing_raw_and_missing_file(tmp_path):
-    with pytest.raises(InputError, match="does not exist"):
+    # each names the commands that make what is missing
+    with pytest.raises(InputError, match=r"nope: raw data directory not found; .*`cxr demo`"):
         load_tables(tmp_path / "nope")
     raw = write_raw(tmp_path / "raw", make_frames())
     (raw / f"{schema.METADATA_CSV}.gz").unlink()
-    with pytest.raises(InputError, match=r"metadata\.csv: missing"):
+    with pytest.raises(InputError, match=r"metadata\.csv: .* not found; `cxr download metadata`"):
         load_tables(raw)
 
 

@@ -461,10 +461,14 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 def test_cli_errors(tmp_path, capsys):
     assert main(["reports", "--raw", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
-    assert "no files/ folder" in capsys.readouterr().err
+    assert (
+        "files/ folder of the raw root not found; `cxr download subset`" in capsys.readouterr().err
+    )
     (tmp_path / "files").mkdir()
     assert main(["reports", "--raw", str(tmp_path), "--out", str(tmp_path / "o.parquet")]) == 1
-    assert "no report files" in capsys.readouterr().err
+    assert (
+        "report files (sXXXXXXXX.txt) not found; `cxr download subset`" in capsys.readouterr().err
+    )
 
 
 def test_manifest_carries_sections(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,7 +197,7 @@ def test_bad_inputs(data, tmp_path):
         train(tiny(data, tmp_path / "r1", f"manifest='{no_val}'"))
     # cache built from another manifest
     other, _ = make_fixture(tmp_path / "other", size=32, seed=9)
-    with pytest.raises(CxrError, match="another manifest"):
+    with pytest.raises(CxrError, match="another image set"):
         train(tiny(data, tmp_path / "r2", f"manifest='{other}'"))
     # unknown model: named before any data is read
     with pytest.raises(CxrError, match=r"model='vgg'.*densenet121"):
@@ -206,7 +207,9 @@ def test_bad_inputs(data, tmp_path):
         with pytest.raises(CxrError, match="no CUDA device"):
             train(tiny(data, tmp_path / "r5", "device='cuda'"))
     # nothing to resume
-    with pytest.raises(CxrError, match="nothing to resume"):
+    with pytest.raises(
+        CxrError, match=r"nothing to resume .*`cxr train --out .*` without --resume"
+    ):
         train(tiny(data, tmp_path / "r3"), resume=True)
 
 
@@ -259,8 +262,10 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     # rank 0 alone prints and writes: each line once, one event file, no stray temporary files
-    for line in ("train: ", "epoch 1: ", "epoch 2: ", "best epoch "):
-        assert sum(ln.startswith(line) for ln in out.stdout.splitlines()) == 1, out.stdout
+    # (not a terminal: epoch lines carry a timestamp)
+    lines = [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", ln) for ln in out.stdout.splitlines()]
+    for line in ("train: ", "epoch 1/2: ", "epoch 2/2: ", "best epoch "):
+        assert sum(ln.startswith(line) for ln in lines) == 1, out.stdout
     names = sorted(p.name for p in run.iterdir())
     assert names == ["best.pt", "config.toml", "last.pt", "metrics.jsonl", "tb"]
     assert len(list((run / "tb").iterdir())) == 1
@@ -598,3 +603,90 @@ def test_out_that_is_a_file_is_one_line(data, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is a file; --out must be a directory" in err
     assert taken.read_text() == "not a run"
+
+
+def test_a_run_resumes_and_evaluates_from_any_directory(data, tmp_path, monkeypatch):
+    """config.toml records absolute inputs: `--resume` and `cxr evaluate` from another directory
+    find the run's manifest and cache (relative ones pointed nowhere there)."""
+    from cxr.training.config import read_toml
+
+    manifest, cache = data
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    rel = [f"manifest={os.path.relpath(manifest)}", f"cache={os.path.relpath(cache)}"]
+    argv = ["train", *TINY, "epochs=2", "stop_after_epochs=1", *rel, "--out", "models/r"]
+    assert main(argv) == 0
+    saved = read_toml(work / "models/r/config.toml")
+    assert saved["manifest"] == str(manifest.absolute()) and saved["cache"] == str(cache.absolute())
+    monkeypatch.chdir(elsewhere)
+    run = work / "models" / "r"
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
+    argv = ["evaluate", "--checkpoint", str(run / "best.pt"), "--bootstrap", "0", "--out", "ev"]
+    assert main(argv) == 0
+    evaluated = json.loads((elsewhere / "ev" / "metrics.json").read_text())
+    assert evaluated["provenance"]["manifest"] == str(manifest.absolute())
+    # the thresholds training recorded are the ones evaluate chooses on validate (its youden)
+    best = load_checkpoint(run / "best.pt")
+    assert best["views"] == ["PA"]
+    chosen = 0
+    for label, m in evaluated["labels"].items():
+        point = m["operating_points"]["youden"]
+        if point["source"] == "validate":
+            chosen += 1
+            assert best["thresholds"]["youden"][label] == pytest.approx(
+                point["threshold"], abs=1e-5
+            )
+    assert chosen >= 5
+
+
+def test_resuming_a_finished_run_trains_nothing(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(data, run, "epochs=1"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    summary = train(tiny(data, run, "epochs=1"), resume=True)
+    assert summary["last_epoch"] == 1
+    assert "the run is complete (epoch 1 of 1, its last epoch)" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_progress_moves_every_step_and_logs_one_timestamped_line_per_epoch(
+    data, tmp_path, monkeypatch, capsys
+):
+    """The bar used to move every 10 steps (0% for a while, then 71%), validation showed
+    nothing, and a log (not a terminal) got no time per epoch."""
+    import cxr.training.train as train_mod
+
+    updates: dict[str, list[int]] = {}
+
+    class Recorder:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def add_task(self, description, total=None, **fields):
+            updates[description] = [total]
+            return description
+
+        def update(self, task, completed=None, **fields):
+            updates[task].append(completed)
+
+        def advance(self, task, n=1):
+            updates[task].append(updates[task][-1] + n if len(updates[task]) > 1 else n)
+
+    monkeypatch.setattr(train_mod, "make_progress", lambda *columns: Recorder())
+    train(tiny(data, tmp_path / "run", "epochs=2", "batch_size=8"))
+    steps, *moves = updates["epoch 1/2"]
+    assert steps >= 5 and moves == list(range(1, steps + 1))  # every step
+    batches, *seen = updates["validate 1/2"]
+    assert batches >= 1 and seen == list(range(1, batches + 1))
+    out = capsys.readouterr().out  # captured: not a terminal
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    for epoch in (1, 2):
+        pattern = rf"^{stamp} epoch {epoch}/2: train loss .*, \d+\.\d s, [\d,]+ img/s$"
+        assert re.search(pattern, out, re.M), out

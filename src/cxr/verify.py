@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cxr.core.errors import InputError
+from cxr.core.errors import RAW_MAKERS, InputError, MissingInput
 from cxr.mimic import schema
 from cxr.mimic.tables import KINDS, Problem, check_all, locate_csv, read_csv_text
 
@@ -138,7 +138,7 @@ def check_decode(
 def verify(raw: Path, manifest_path: Path | None = None, deep: bool = False) -> VerifyReport:
     raw = Path(raw)
     if not raw.is_dir():
-        raise InputError(f"{raw}: raw data directory does not exist")
+        raise MissingInput(raw, "raw data directory", RAW_MAKERS)
     if not os.access(raw, os.R_OK | os.X_OK):
         raise InputError(f"{raw}: directory is not readable")
     report = VerifyReport()

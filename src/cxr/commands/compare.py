@@ -29,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr.core.errors import CxrError
-    from cxr.core.paths import data_root
     from cxr.core.progress import console, is_quiet
     from cxr.evaluation.compare import CompareConfig, compare, table_lines, write_comparison
 
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
-        data_root=data_root(args.data_dir),
+        data_root=args.paths.root,
     )
     result = compare(cfg)
     page = write_comparison(result, cfg.out_dir())

@@ -22,11 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.core.paths import DataPaths, data_root
     from cxr.core.progress import bars_enabled, info
     from cxr.mimic.demo import write_demo
 
-    out = Path(args.out) if args.out else DataPaths(data_root(args.data_dir)).raw
+    out = Path(args.out) if args.out else args.paths.raw
     s = write_demo(out, args.n_patients, args.seed, args.image_size, progress=bars_enabled())
     # Counts only: never a subject_id.
     info(f"demo: wrote {s.n_images} images ({s.image_size} px) to {out}")

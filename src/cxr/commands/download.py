@@ -81,7 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr.core.errors import CxrError
-    from cxr.core.paths import DataPaths, data_root
     from cxr.core.progress import err_console, info
     from cxr.mimic.download import (
         DownloadConfig,
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         format_summary,
     )
 
-    paths = DataPaths(data_root(args.data_dir))
+    paths = args.paths
     if args.retries < 0 or args.timeout <= 0:
         raise CxrError("--retries must be >= 0 and --timeout > 0")
     options = dict(
@@ -120,3 +119,7 @@ def run(args: argparse.Namespace) -> int:
         # Failures are printed even with --quiet: the exit status alone does not say which.
         err_console().print(line, markup=False)
     return 0 if summary.ok else 1
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    return "run the same command again to resume (whole files are kept, .part files continue)"

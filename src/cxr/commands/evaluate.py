@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split",
         default="validate",
         choices=("validate", "test", "train"),
-        help="the split to score (default validate; the test split must be asked for)",
+        help="the split to score; validate also chooses the operating points, so scoring "
+        "test must be asked for (default: validate)",
     )
     parser.add_argument(
         "--level",
@@ -50,29 +51,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="output directory (default reports/<run name>)"
     )
-    parser.add_argument("--manifest", type=Path, default=None, help="default <data>/processed/")
     parser.add_argument(
-        "--cache", type=Path, default=None, help="default <data>/interim/cache-<size>"
+        "--manifest",
+        type=Path,
+        default=None,
+        help="manifest to score (default: the one the run trained on; with --data-dir or "
+        "$CXR_DATA_DIR, <data root>/processed/manifest.parquet)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="image cache (default: the run's; with --data-dir, <data root>/interim/cache-<size>)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda or cuda:N"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from cxr.core.errors import CxrError
-    from cxr.core.paths import data_root
-    from cxr.core.progress import console, is_quiet
+    from cxr.core.progress import console, is_quiet, phase
     from cxr.evaluation.evaluate import EvaluateConfig, evaluate, write_evaluation
     from cxr.evaluation.report import (
         DEMO_BANNER,
-        TABLE_HEADER,
         left_out_text,
-        metric_rows,
         protocol_text,
+        table_lines,
         write_report,
     )
 
@@ -92,29 +98,31 @@ def run(args: argparse.Namespace) -> int:
         cache=args.cache,
         batch_size=args.batch_size,
         device=args.device,
-        data_root=data_root(args.data_dir),
+        data_root=args.paths.root,
+        data_root_given=args.paths.given,
     )
     out_dir = cfg.out_dir()
     if out_dir.exists() and not out_dir.is_dir():
         raise CxrError(f"{out_dir}: --out is an existing file, not a directory")
     evaluation = evaluate(cfg)
     write_evaluation(evaluation, out_dir)
-    page = write_report(evaluation, out_dir, _config_shown(evaluation, cfg))
+    with phase("figures and report.html"):
+        page = write_report(evaluation, out_dir, _config_shown(evaluation, cfg))
     metrics = evaluation.metrics
     if not is_quiet():
         out = console()
-        if not out.is_terminal:  # logs and pipes: keep each table row on one line
-            out.width = max(out.width, 150)
         if metrics["provenance"]["synthetic_demo"]:
-            out.print(DEMO_BANNER)
-        table = Table(title=f"{metrics['split']} split, {metrics['level']} level", show_lines=False)
-        for h in TABLE_HEADER:
-            table.add_column(h, justify="left" if h == "label" else "right")
-        for row in metric_rows(metrics):
-            table.add_row(*row)
-        out.print(f"protocol: {protocol_text(metrics)}")
-        out.print(table)
-        out.print(left_out_text(metrics))
+            out.print(DEMO_BANNER, markup=False)
+        out.print(f"protocol: {protocol_text(metrics)}", markup=False)
+        out.print(f"{metrics['split']} split, {metrics['level']} level:", markup=False)
+        for line in table_lines(metrics):
+            out.print(line, markup=False, highlight=False)
+        out.print(left_out_text(metrics), markup=False)
+        out.print(
+            "the full table (validate figures, operating points, calibration): "
+            "report.html and metrics.json",
+            markup=False,
+        )
         boot = metrics["bootstrap"]
         out.print(
             f"intervals: {boot['n']} patient resamples (seed {boot['seed']}); "

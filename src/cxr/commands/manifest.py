@@ -36,11 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr.core.errors import CxrError
-    from cxr.core.paths import DataPaths, data_root
     from cxr.mimic.manifest import ManifestConfig, make_manifest
     from cxr.mimic.summary import print_manifest_summary
 
-    paths = DataPaths(data_root(args.data_dir))
+    paths = args.paths
     views = tuple(v.strip() for arg in args.views for v in arg.split(",") if v.strip())
     if args.n_studies < 1:
         raise CxrError("--n-studies must be at least 1")
@@ -55,4 +54,9 @@ def run(args: argparse.Namespace) -> int:
     )
     _, info = make_manifest(cfg)
     print_manifest_summary(info, cfg.out)
+    if info.get("synthetic_demo"):
+        from cxr.core.progress import info as say
+        from cxr.mimic.synthetic import DEMO_NOTE
+
+        say(DEMO_NOTE)
     return 0

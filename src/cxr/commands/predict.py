@@ -11,8 +11,18 @@ HELP = "predict label probabilities for X-ray files or directories (JPEG, PNG, D
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint (best.pt)")
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
-    parser.add_argument("--cam", action="store_true", help="write Grad-CAM overlays to <out>/cam/")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        help="image files (JPEG, PNG, DICOM) or directories searched recursively",
+    )
+    parser.add_argument(
+        "--cam",
+        action="store_true",
+        help="write Grad-CAM overlays of the top-k labels to <out>/cam/<image>__<Label>.png",
+    )
     parser.add_argument(
         "--top-k", type=int, default=3, help="labels per image with --cam (default 3)"
     )
@@ -22,12 +32,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="directory for predictions.<format> (default: stdout)",
     )
-    parser.add_argument("--format", default="csv", choices=("csv", "json"))
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--format", default="csv", choices=("csv", "json"), help="table format: csv or json"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument(
         "--device",
         default="auto",
         help="auto (default: CUDA when available, else the CPU), cpu, cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--thresholds",
+        choices=("validate",),
+        default=None,
+        help="also write a yes/no decision per label, at the thresholds training chose on the "
+        "validate split (the checkpoint records them)",
+    )
+    parser.add_argument(
+        "--equalize",
+        choices=("auto", "all", "none"),
+        default="auto",
+        help="histogram-equalize inputs as MIMIC-CXR-JPG's images were: auto (PNG and DICOM; "
+        "JPEGs are taken as MIMIC-CXR-JPG's), all, or none (default: auto)",
     )
 
 
@@ -47,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         format=args.format,
         batch_size=args.batch_size,
         device=args.device,
+        thresholds=args.thresholds,
+        equalize=args.equalize,
     )
     result, text = predict(cfg)
     for note in result.notes:

@@ -6,6 +6,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from cxr.core.defaults import CACHE_SIZE
+
 HELP = "decode and resize the manifest's images once into data/interim/cache-<size>/ (resumable)"
 
 
@@ -23,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="raw root the manifest's image_path is relative to (default: manifest.json's raw_dir)",
     )
     parser.add_argument(
-        "--size", type=int, default=256, help="side S of the square cached images (default 256)"
+        "--size",
+        type=int,
+        default=CACHE_SIZE,
+        help="side S of the square cached images; it serves models of input S or smaller",
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="decoding processes (default: one per CPU core)"
@@ -37,16 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="rebuild a cache made from another manifest, size or method instead of refusing",
+        help="decode every image again, even those already cached (a cache made by another "
+        "decoding method is refused without it)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.core.paths import DataPaths, data_root
     from cxr.core.progress import info
     from cxr.imaging.cache import PreprocessConfig, build_cache, parse_shard
 
-    paths = DataPaths(data_root(args.data_dir))
+    paths = args.paths
     config = PreprocessConfig(
         manifest=args.manifest or paths.manifest,
         cache_dir=paths.cache(args.size),
@@ -67,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
             f"cache {config.cache_dir}{where}: {result.done} decoded, {len(result.failed)} "
             f"failed ({rate:.0f} images/s), {result.skipped} skipped as already cached"
         )
+    if result.carried:
+        info(
+            f"  the manifest's image set changed: {result.carried} images kept from the cache, "
+            "only the others decoded"
+        )
     if result.failed:
         # Failures are always printed (not only without --quiet): they need the user's attention.
         # dicom_id and reason only: paths contain subject_id.
@@ -77,8 +87,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {dicom_id}: {reason}")
         if len(result.failed) > 20:
             print(f"  ... and {len(result.failed) - 20} more")
+        if any(reason == "file not found" for _, reason in result.failed):
+            print(
+                "  `cxr download subset` fetches the manifest's missing images; "
+                "a rerun of this command then decodes only those"
+            )
     if result.complete:
-        info(f"complete: {result.n} rows, index.parquet written")
+        info(f"complete: {result.n} rows, index.parquet written; next: `cxr train`")
     else:
         info(f"{result.pending} of {result.n} rows still to do (other shards); rerun to finish")
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    return "run the same command again to resume (decoded images are kept)"

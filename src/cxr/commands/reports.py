@@ -29,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr.core.errors import InputError
-    from cxr.core.paths import DataPaths, data_root
     from cxr.core.progress import make_progress
     from cxr.mimic.report_table import (
         REPORTS_TABLE,
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         write_sectioned_csv,
     )
 
-    root = DataPaths(data_root(args.data_dir))
+    root = args.paths
     raw = Path(args.raw) if args.raw else root.raw
     out = Path(args.out) if args.out else root.root / "processed" / REPORTS_TABLE
     csv = Path(args.csv) if args.csv else None

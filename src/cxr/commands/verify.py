@@ -7,6 +7,9 @@ from pathlib import Path
 
 HELP = "check the raw CSVs and files/ (and a manifest's images and reports; --deep decodes them)"
 SHOW = 10  # problems listed before the count
+MAKERS = (
+    "`cxr download metadata` fetches the CSVs of MIMIC-CXR-JPG, `cxr demo` writes a synthetic tree"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,16 +25,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr.core.paths import DataPaths, data_root
     from cxr.core.progress import console, err_console, is_quiet
+    from cxr.mimic.synthetic import DEMO_NOTE, is_demo_tree
     from cxr.verify import verify
 
-    paths = DataPaths(data_root(args.data_dir))
+    paths = args.paths
     raw = args.raw or paths.raw
     report = verify(raw, args.manifest, args.deep)
+    demo = is_demo_tree(raw)
     out = console()
     if not is_quiet():
-        out.print(f"raw: {raw}")
+        out.print(f"raw: {raw}", markup=False)
+        if demo:
+            out.print(DEMO_NOTE, markup=False)
         for name, present in report.present.items():
             mark = "[green]present[/]" if present else "[red]MISSING[/]"
             out.print(f"  {mark:<20} {name}")
@@ -54,8 +60,20 @@ def run(args: argparse.Namespace) -> int:
     if not report.ok:
         missing = [n for n, ok in report.present.items() if not ok]
         if missing:
-            err_console().print(f"missing: {', '.join(missing)}", markup=False)
+            err_console().print(
+                f"missing: {', '.join(missing)} ({MAKERS})",
+                markup=False,
+            )
+        if any(
+            "missing" in p.message and p.file.startswith(("image ", "report of "))
+            for p in report.problems
+        ):
+            err_console().print(
+                "`cxr download subset` fetches the manifest's missing images and reports",
+                markup=False,
+            )
         return 1
     if not is_quiet():
-        out.print("[green]verify: all checks passed[/]")
+        tail = " (synthetic demo data)" if demo else ""
+        out.print(f"[green]verify: all checks passed{tail}[/]")
     return 0

@@ -41,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr.core.errors import CxrError
-    from cxr.core.paths import DataPaths, data_root
     from cxr.core.progress import err_console, info
-    from cxr.mimic.manifest import read_manifest_info
     from cxr.view.app import create_app, default_heatmap_dir
     from cxr.view.data import load_view_data
     from cxr.view.images import Pixels, find_cache
@@ -52,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise CxrError(f"--port must be between 0 and 65535, got {args.port}")
     warning = check_host(args.host, args.allow_remote)
-    root = data_root(args.data_dir)
-    manifest = Path(args.manifest or DataPaths(root).manifest)
+    root = args.paths.root
+    manifest = Path(args.manifest or args.paths.manifest)
     data = load_view_data(manifest, list(args.dirs), root, args.raw)
-    cache = find_cache(root, read_manifest_info(manifest).get("sha256"), args.cache)
+    cache = find_cache(root, manifest, args.cache)
     pixels = Pixels(data, cache, args.heatmaps or default_heatmap_dir(root), args.device)
     token = new_token()
     sock = bind(args.host, args.port)

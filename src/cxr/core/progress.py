@@ -1,10 +1,13 @@
 """Progress bars and console output shared by every command.
 
-Bars are drawn only on a terminal and never with `--quiet`, so logs and CI output stay clean.
+Bars are drawn only on a terminal and never with `--quiet`, so logs and CI output stay clean;
+there, long commands print one timestamped line per step instead (`log_stamp`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -14,6 +17,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -59,6 +63,32 @@ def make_progress(*extra_columns) -> Progress:
         disable=not bars_enabled(),
         transient=False,
     )
+
+
+@contextlib.contextmanager
+def phase(description: str) -> Iterator[None]:
+    """A step without a count (a bootstrap, figures): a spinner and its elapsed time on a
+    terminal, left on screen when done; nothing elsewhere."""
+    if not bars_enabled():
+        yield
+        return
+    with Progress(
+        SpinnerColumn(finished_text="done"),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        yield
+        progress.update(task, total=1, completed=1)
+
+
+def log_stamp() -> str:
+    """`2025-06-01 10:02:11 ` when stdout is not a terminal (a Slurm log, a file), else "":
+    there a line per step replaces the bars, and the time says when it happened."""
+    if sys.stdout.isatty():
+        return ""
+    return dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S ")
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from cxr import __version__
-from cxr.core.errors import CxrError, InputError
+from cxr.core.errors import CxrError, InputError, MissingInput
 from cxr.evaluation.protocol import Protocol, label_fingerprint, rows_fingerprint
 from cxr.evaluation.scoring import (
     OPERATING_POINTS,
@@ -61,13 +62,16 @@ class EvaluateConfig:
     n_bootstrap: int = 1000
     seed: int = 0
     out: Path | None = None  # default: reports/<checkpoint's run directory name>
-    manifest: Path | None = None  # default: <data root>/processed/manifest.parquet
-    cache: Path | None = None  # default: <data root>/interim/cache-<checkpoint's source size>
+    manifest: Path | None = None  # default: the run's (below), else the data root's
+    cache: Path | None = None  # default: the run's, else <data root>/interim/cache-<source size>
     batch_size: int = 64
     device: str = "auto"  # CUDA when available, else the CPU
     gallery_size: int = 6  # false positives and false negatives each, overall
     ece_bins: int = 15
     data_root: Path = Path("data")
+    # False when the data root is only the default (no --data-dir, no $CXR_DATA_DIR): the
+    # manifest and cache the run trained on (recorded in the checkpoint) are then read instead.
+    data_root_given: bool = False
 
     def out_dir(self) -> Path:
         return self.out or Path("reports") / Path(self.checkpoint).resolve().parent.name
@@ -99,14 +103,25 @@ class Evaluation:
 # --------------------------------------------------------------------------- inputs
 
 
-def _find_cache(cfg: EvaluateConfig, size: int):
-    """The image cache to read: --cache, else cache-<size> (the one training read), else the only
-    cache present (its squares are then refit to `size`)."""
+def _run_input(cfg: EvaluateConfig, ckpt: dict, key: str) -> Path | None:
+    """The manifest or cache the run trained on (config.toml's absolute path, also in the
+    checkpoint), when it still exists and no data root was asked for."""
+    recorded = (ckpt.get("config") or {}).get(key) if isinstance(ckpt.get("config"), dict) else None
+    if cfg.data_root_given or not recorded or not Path(recorded).exists():
+        return None
+    return Path(recorded)
+
+
+def _find_cache(cfg: EvaluateConfig, size: int, recorded: Path | None = None):
+    """The image cache to read: --cache, else the run's own (`recorded`), else cache-<size> (the
+    size training read), else the only cache present (its squares are then refit to `size`)."""
     from cxr.core.paths import DataPaths
     from cxr.imaging.cache import load_cache
 
     if cfg.cache is not None:
         return load_cache(cfg.cache)
+    if recorded is not None:
+        return load_cache(recorded)
     paths = DataPaths(cfg.data_root)
     exact = paths.cache(size)
     if exact.exists():
@@ -115,9 +130,10 @@ def _find_cache(cfg: EvaluateConfig, size: int):
     if len(others) == 1:
         return load_cache(others[0])
     found = ", ".join(p.name for p in others) or "none"
-    raise InputError(
-        f"{exact}: no image cache of the size the checkpoint was trained from, {size} (found: {found}); "
-        f"run `cxr preprocess --size {size}` or pass --cache"
+    raise MissingInput(
+        exact,
+        f"image cache of the size the checkpoint was trained from, {size} (found: {found})",
+        f"`cxr preprocess --size {size}` builds it (or pass --cache)",
     )
 
 
@@ -187,15 +203,6 @@ def _counts(units: pl.DataFrame, images: int, excluded: int) -> dict[str, int]:
     }
 
 
-def _is_demo(manifest_path: Path) -> bool:
-    """Whether the manifest was built from a tree written by `cxr demo` (its hidden marker)."""
-    from cxr.mimic.demo import MARKER
-    from cxr.mimic.manifest import read_manifest_info
-
-    raw = read_manifest_info(manifest_path).get("raw_dir")
-    return bool(raw) and (Path(raw) / MARKER).exists()
-
-
 def _raw_dir(manifest_path: Path, data_root: Path) -> Path:
     from cxr.core.paths import DataPaths
     from cxr.mimic.manifest import read_manifest_info
@@ -213,6 +220,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     from cxr.core.paths import DataPaths
     from cxr.inference.runtime import load_model, resolve_device
     from cxr.mimic.manifest import read_manifest
+    from cxr.mimic.synthetic import manifest_is_demo
 
     # Checked before anything is loaded: a bad option costs nothing.
     protocol = Protocol(
@@ -224,7 +232,11 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     cfg = dataclasses.replace(cfg, device=str(device))
     model, ckpt, pre = load_model(cfg.checkpoint, cfg.device)
     labels = list(ckpt["labels"])
-    manifest_path = Path(cfg.manifest or DataPaths(cfg.data_root).manifest)
+    manifest_path = Path(
+        os.path.abspath(
+            cfg.manifest or _run_input(cfg, ckpt, "manifest") or DataPaths(cfg.data_root).manifest
+        )
+    )
     manifest = read_manifest(manifest_path)
     views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
     protocol = dataclasses.replace(protocol, views=views)
@@ -233,7 +245,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         if protocol.labels == "radiologist"
         else None
     )
-    cache = _find_cache(cfg, pre.square_size)
+    cache = _find_cache(cfg, pre.square_size, _run_input(cfg, ckpt, "cache"))
 
     predicted = {}
     for split in dict.fromkeys(("validate", cfg.split)):
@@ -244,13 +256,13 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         predicted[split] = (rows, excluded, probs)
 
     provenance = {
-        "checkpoint": str(cfg.checkpoint),
+        "checkpoint": os.path.abspath(cfg.checkpoint),
         "checkpoint_sha256": file_sha256(cfg.checkpoint),
         "manifest": str(manifest_path),
         "manifest_sha256": file_sha256(manifest_path),
         "cxr_version": __version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "synthetic_demo": _is_demo(manifest_path),
+        "synthetic_demo": manifest_is_demo(manifest_path),
     }
     model_info = {
         "arch": ckpt.get("arch"),
@@ -261,11 +273,13 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     evaluation = score_predictions(
         cfg, protocol, labels, predicted, radiologist, provenance, model_info
     )
+    from cxr.core.progress import phase
     from cxr.evaluation.report import confident_errors
 
-    evaluation.gallery = confident_errors(
-        evaluation, model, pre, cache, manifest, cfg.gallery_size, cfg.device
-    )
+    with phase("Grad-CAM of the most confident errors"):
+        evaluation.gallery = confident_errors(
+            evaluation, model, pre, cache, manifest, cfg.gallery_size, cfg.device
+        )
     return evaluation
 
 
@@ -307,20 +321,23 @@ def score_predictions(
     p = units_p.select(labels).to_numpy().astype(np.float64)
     unit_ids = units[unit_keys(cfg.level)[-1]].to_list()
 
-    table = score(
-        y,
-        p,
-        labels,
-        ops,
-        groups=units["subject_id"].to_numpy(),
-        studies=units["study_id"].to_numpy(),
-        config=ScoringConfig(
-            n_bootstrap=cfg.n_bootstrap,
-            seed=cfg.seed,
-            ece_bins=cfg.ece_bins,
-            min_positives=cfg.min_positives,
-        ),
-    )
+    from cxr.core.progress import phase
+
+    with phase(f"scoring: {cfg.n_bootstrap} patient resamples for the intervals"):
+        table = score(
+            y,
+            p,
+            labels,
+            ops,
+            groups=units["subject_id"].to_numpy(),
+            studies=units["study_id"].to_numpy(),
+            config=ScoringConfig(
+                n_bootstrap=cfg.n_bootstrap,
+                seed=cfg.seed,
+                ece_bins=cfg.ece_bins,
+                min_positives=cfg.min_positives,
+            ),
+        )
     for j, label in enumerate(labels):
         table["labels"][label]["rows_fingerprint"] = label_fingerprint(unit_ids, y[:, j])
     if radiologist is not None:
@@ -393,7 +410,9 @@ def read_evaluation(directory: Path) -> Evaluation:
     directory = Path(directory)
     path = directory / METRICS_JSON
     if not path.is_file():
-        raise InputError(f"{path}: not found (is {directory} a `cxr evaluate` output directory?)")
+        raise MissingInput(
+            path, f"{METRICS_JSON} of an evaluation", "`cxr evaluate --out DIR` writes one in DIR"
+        )
     try:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -202,16 +202,23 @@ def _png_data_uri(image: np.ndarray) -> str:
 
 # --------------------------------------------------------------------------- tables
 
+# The tables fit an 800 px window: intervals sit under their value in small type, headers and
+# label names wrap, long provenance values break, and anything wider scrolls in its own box.
 _CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#1b1f24;
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:16px;color:#1b1f24;
 background:#fff;max-width:1400px}
 h1{font-size:24px;margin:0 0 4px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}
-th,td{padding:3px 8px;border-bottom:1px solid #e4e4e4;text-align:right}
-th{background:#f3f5f7} td:first-child,th:first-child{text-align:left}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{padding:3px 4px;border-bottom:1px solid #e4e4e4;text-align:right}
+th{background:#f3f5f7;white-space:normal} td:first-child,th:first-child{text-align:left}
 tr.avg td{font-weight:600;background:#fafafa} tr.flag td{color:#8a6d00}
+tr.group td{font-weight:600;background:#f8f9fa;text-align:left}
 .banner{background:#b3261e;color:#fff;padding:10px 14px;font-size:16px;font-weight:600;border-radius:4px}
-.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px} table.prov th,table.prov td{text-align:left} td{white-space:nowrap}
+.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px} td{white-space:nowrap}
+table.prov th,table.prov td{text-align:left} table.prov td{white-space:normal;word-break:break-all}
+td.name{white-space:normal;min-width:90px}
+.ci{display:block;font-size:10px;color:#555;white-space:normal}
+.scroll{overflow-x:auto;max-width:100%}
 .note{background:#fff7e0;border-left:4px solid #f0b400;padding:6px 10px;font-size:13px}
 .muted{color:#777} img.fig{max-width:100%;border:1px solid #eee}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}
@@ -236,57 +243,43 @@ def _with_ci(value: Any, ci: Any) -> str:
     return _fmt(value) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
-TABLE_HEADER = [
-    "label",
-    "pos",
-    "neg",
-    "AUROC [95% CI]",
-    "AUPRC",
-    "val AUROC",
-    "sens.",
-    "spec.",
-    "sens@90",
-    "sens@95",
-]
-
-
-def metric_rows(metrics: dict) -> list[list[str]]:
-    """The terminal table: one row per label (`*`: left out of the macro), then the macro."""
-    out = []
-    validate = metrics.get("validate") or {}
+def table_lines(metrics: dict) -> list[str]:
+    """The terminal table, compact enough for 80 columns: label (`*`: left out of the macro),
+    positives, AUROC with its interval, AUPRC, and sensitivity and specificity at the Youden
+    point; then the macro. The full table is in report.html and metrics.json."""
+    rows = []
     for label, m in metrics["labels"].items():
         flag = "*" if m.get("excluded_from_macro") else ""
-        auroc = f"— ({m['reason']})" if m.get("reason") else _with_ci(m["auroc"], m.get("auroc_ci"))
-        out.append(
-            [
+        rows.append(
+            (
                 label + flag,
                 str(m["n_pos"]),
-                str(m["n_neg"]),
-                auroc,
+                _with_ci(m["auroc"], m.get("auroc_ci")),
                 _fmt(m["auprc"]),
-                _fmt((validate.get(label) or {}).get("auroc")),
                 _fmt(m["sensitivity"]),
                 _fmt(m["specificity"]),
-                _fmt(m.get("sensitivity_at_spec90")),
-                _fmt(m.get("sensitivity_at_spec95")),
-            ]
+            )
         )
     macro = metrics["macro"]
-    out.append(
-        [
+    rows.append(
+        (
             f"macro ({macro['n_labels']} labels)",
-            "",
             "",
             _with_ci(macro["auroc"], macro.get("auroc_ci")),
             _fmt(macro["auprc"]),
-            "",
             _fmt(macro["sensitivity"]),
             _fmt(macro["specificity"]),
-            "",
-            "",
-        ]
+        )
     )
-    return out
+    head = ("label", "pos", "AUROC [95% CI]", "AUPRC", "sens.", "spec.")
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+
+    def line(row) -> str:
+        cells = [row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].ljust(widths[2])]
+        cells += [c.rjust(w) for c, w in zip(row[3:], widths[3:], strict=True)]
+        return "  ".join(cells).rstrip()
+
+    return [line(head), *(line(r) for r in rows)]
 
 
 def left_out_text(metrics: dict) -> str:
@@ -313,6 +306,14 @@ def _cell(text: str, cls: str = "") -> str:
     return f"<td{f' class={cls!r}' if cls else ''}>{html.escape(text)}</td>"
 
 
+def _ci_cell(value: Any, ci: Any) -> str:
+    """A value with its interval below it in small type (a narrow column)."""
+    if value is None:
+        return "<td>—</td>"
+    below = f"<span class=ci>[{ci[0]:.3f}, {ci[1]:.3f}]</span>" if ci else ""
+    return f"<td>{html.escape(_fmt(value))}{below}</td>"
+
+
 def _discrimination_table(metrics: dict) -> str:
     head = [
         "label",
@@ -336,31 +337,31 @@ def _discrimination_table(metrics: dict) -> str:
         name = label + (f" * ({flagged})" if flagged else "")
         rows.append(
             f"<tr{' class=flag' if flagged else ''}>"
-            + _cell(name)
+            + _cell(name, "name")
             + _cell(str(m.get("n_pos_studies", "")))
             + _cell(str(m["n_pos"]))
             + _cell(str(m["n_neg"]))
             + _cell(_fmt(m["prevalence"]))
-            + _cell(_with_ci(m["auroc"], m.get("auroc_ci")))
-            + _cell(_with_ci(m["auprc"], m.get("auprc_ci")))
+            + _ci_cell(m["auroc"], m.get("auroc_ci"))
+            + _ci_cell(m["auprc"], m.get("auprc_ci"))
             + _cell(_fmt(v.get("auroc")))
             + _cell(_fmt(v.get("auprc")))
             + _cell(_fmt(m["ece"]))
             + _cell(_fmt(m["brier"]))
-            + _cell((m.get("rows_fingerprint") or "")[:12], "mono")
+            + _cell((m.get("rows_fingerprint") or "")[:8], "mono")
             + "</tr>"
         )
     macro, micro = metrics["macro"], metrics["micro"]
     for name, a in ((f"macro ({macro['n_labels']} labels)", macro), ("micro", micro)):
         rows.append(
             "<tr class=avg>"
-            + _cell(name)
+            + _cell(name, "name")
             + _cell("")
             + _cell("")
             + _cell("")
             + _cell("")
-            + _cell(_with_ci(a["auroc"], a.get("auroc_ci")))
-            + _cell(_with_ci(a["auprc"], a.get("auprc_ci")))
+            + _ci_cell(a["auroc"], a.get("auroc_ci"))
+            + _ci_cell(a["auprc"], a.get("auprc_ci"))
             + _cell("")
             + _cell("")
             + _cell(_fmt(a["ece"]))
@@ -368,32 +369,34 @@ def _discrimination_table(metrics: dict) -> str:
             + _cell("")
             + "</tr>"
         )
-    return "<table>" + "".join(rows) + "</table>"
+    return '<div class="scroll"><table>' + "".join(rows) + "</table></div>"
 
 
 def _operating_table(metrics: dict) -> str:
-    head = ["label", "point", "threshold", "sensitivity", "specificity", "PPV", "F1"]
-    head += ["TP", "FP", "FN", "TN", "validate sens.", "validate spec."]
+    """One heading row per label, then its operating points (narrow enough for 800 px)."""
+    head = ["point", "threshold", "sensitivity", "specificity", "PPV", "F1"]
+    head += ["TP / FP / FN / TN", "validate sens. / spec."]
     validate = metrics.get("validate") or {}
     rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for label, m in metrics["labels"].items():
-        for k, (op, point) in enumerate((m.get("operating_points") or {}).items()):
-            v = validate.get(label) or {}
+        rows.append(f"<tr class=group><td colspan={len(head)}>{html.escape(label)}</td></tr>")
+        v = validate.get(label) or {}
+        for op, point in (m.get("operating_points") or {}).items():
+            counts = " / ".join(_fmt(point[c]) for c in ("tp", "fp", "fn", "tn"))
+            val = f"{_fmt(v.get('sensitivity'))} / {_fmt(v.get('specificity'))}"
             rows.append(
                 "<tr>"
-                + _cell(label if k == 0 else "")
                 + _cell(_OP_NAMES.get(op, op))
                 + _cell(_fmt(point["threshold"]))
                 + "".join(
-                    _cell(_with_ci(point[f], point.get(f"{f}_ci")))
+                    _ci_cell(point[f], point.get(f"{f}_ci"))
                     for f in ("sensitivity", "specificity", "ppv", "f1")
                 )
-                + "".join(_cell(_fmt(point[c])) for c in ("tp", "fp", "fn", "tn"))
-                + _cell(_fmt(v.get("sensitivity")) if op == "youden" else "")
-                + _cell(_fmt(v.get("specificity")) if op == "youden" else "")
+                + _cell(counts)
+                + _cell(val if op == "youden" else "")
                 + "</tr>"
             )
-    return "<table>" + "".join(rows) + "</table>"
+    return '<div class="scroll"><table>' + "".join(rows) + "</table></div>"
 
 
 def _counts_table(metrics: dict) -> str:
@@ -484,7 +487,7 @@ studies). <b>ECE:</b> {metrics["ece_bins"]} equal-width bins.</p>
 <h2>Discrimination and calibration</h2>
 {_discrimination_table(metrics)}
 <p class="muted">Micro pools the (label, {html.escape(metrics["level"])}) pairs of the macro's labels,
-each label's decisions at its own Youden threshold. The fingerprint column shows the first 12 hex
+each label's decisions at its own Youden threshold. The fingerprint column shows the first 8 hex
 digits of each label's rows fingerprint: two results are comparable on a label exactly when these match.</p>
 <h2>Operating points</h2>
 {_operating_table(metrics)}

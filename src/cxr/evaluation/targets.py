@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cxr.core.errors import InputError
+from cxr.core.errors import MissingInput
 from cxr.evaluation.protocol import Protocol
 from cxr.stats.metrics import eval_targets
 
@@ -71,8 +71,9 @@ def load_radiologist_table(raw_dir: Path) -> pl.DataFrame:
     if path is None:
         from cxr.mimic.schema import RADIOLOGIST_CSV
 
-        raise InputError(
-            f"{raw_dir / RADIOLOGIST_CSV}: radiologist labels not found "
-            "(MIMIC-CXR-JPG 2.1.0: `cxr download metadata --version 2.1.0`)"
+        raise MissingInput(
+            raw_dir / RADIOLOGIST_CSV,
+            "radiologist labels",
+            "`cxr download metadata --version 2.1.0` fetches them (MIMIC-CXR-JPG 2.1.0)",
         )
     return read_radiologist_labels(path).table

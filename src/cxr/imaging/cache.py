@@ -3,8 +3,10 @@
 Layout of `<data root>/interim/cache-<size>/` (the contract the readers rely on):
 
     images.npy      uint8 (N, S, S), rows in manifest order; failed rows are all zeros
+    keys.parquet    dicom_id, image_path of each row, in row order: the image set the cache holds
+                    (the path's patient folder masked, as everywhere outside the raw data)
     index.parquet   dicom_id, row, ok, error  (written once every row has been attempted)
-    cache.json      size, method, manifest_sha256, n, created, cxr_version
+    cache.json      size, method, images_sha256, manifest_sha256, n, created, cxr_version, raw_dir
     journal/        completion records: one JSON line per finished chunk of rows
     .lock           serialises creation when several shards start at once
     .run.lock       held by every run for its whole length (below); names the runs holding it
@@ -21,6 +23,12 @@ shared (they fill disjoint rows, so they run together by design). A run that can
 with one line naming the holders (pid, host, start time) from the lock file; the lock goes with
 its process, however that ends. Workers ignore SIGINT: on Ctrl-C the parent alone stops, ends the
 pool and leaves a cache the next run resumes.
+
+What a cache is keyed on: `images_sha256`, a hash of the ordered list of (dicom_id, image_path)
+it holds, not the manifest file's bytes. A manifest rewritten with other columns (the report
+sections) or other label values still matches its cache. When the image set changes, a full build
+carries the decoded rows of images both sets share over into the new layout and decodes only the
+rest (`carry_over`); shards refuse that step and ask for one full run first.
 
 Sharding: `--shard i/n` takes the i-th of n contiguous blocks of rows. The pixel data starts on a
 page boundary and blocks start on page boundaries, so shards on different machines writing one
@@ -45,10 +53,12 @@ import polars as pl
 
 from cxr import __version__
 from cxr.core.atomic import atomic_path, write_text_atomic
-from cxr.core.errors import CxrError, InputError
+from cxr.core.defaults import CACHE_SIZE
+from cxr.core.errors import CxrError, InputError, MissingInput
 from cxr.core.hashing import file_sha256
 
 IMAGES = "images.npy"
+KEYS = "keys.parquet"
 INDEX = "index.parquet"
 META = "cache.json"
 JOURNAL = "journal"
@@ -70,15 +80,27 @@ class Cache:
     size: int
 
 
+def cache_size_of(cache_dir: str | os.PathLike[str]) -> int | None:
+    """The size a cache directory is named for (`cache-256` -> 256), else None."""
+    name = Path(cache_dir).name
+    prefix, _, size = name.partition("-")
+    return int(size) if prefix == "cache" and size.isdigit() else None
+
+
+def _preprocess_command(cache_dir: Path) -> str:
+    size = cache_size_of(cache_dir)
+    return f"`cxr preprocess --size {size}`" if size else "`cxr preprocess`"
+
+
 def load_cache(cache_dir: str | os.PathLike[str]) -> Cache:
     """Open a complete cache read-only. Raises CxrError if it is missing or unfinished."""
     d = Path(cache_dir)
     meta_path, index_path, images_path = d / META, d / INDEX, d / IMAGES
     if not meta_path.is_file() or not images_path.is_file():
-        raise InputError(f"{d}: no image cache here (run `cxr preprocess`)")
+        raise MissingInput(d, "image cache", f"{_preprocess_command(d)} builds it")
     if not index_path.is_file():
         raise InputError(
-            f"{d}: image cache is incomplete (run `cxr preprocess` again to finish it)"
+            f"{d}: image cache is incomplete (run {_preprocess_command(d)} again to finish it)"
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -123,7 +145,7 @@ class PreprocessConfig:
     manifest: Path
     cache_dir: Path
     raw: Path | None = None  # default: manifest.json's raw_dir
-    size: int = 256
+    size: int = CACHE_SIZE
     workers: int = 0  # 0: one per CPU core
     shard: tuple[int, int] | None = None  # (i, n): fill only the i-th of n blocks of rows
     force: bool = False
@@ -134,11 +156,12 @@ class PreprocessConfig:
 class BuildResult:
     n: int
     done: int  # decoded in this run (failures not included)
-    skipped: int  # already cached before this run
+    skipped: int  # already cached before this run (carried over included)
     failed: list[tuple[str, str]]  # (dicom_id, reason), this run
     pending: int  # rows no run has attempted yet (other shards' work)
     complete: bool  # index.parquet written
     seconds: float
+    carried: int = 0  # rows kept from the cache's previous image set
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -151,9 +174,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def read_manifest_images(manifest: Path, raw: Path | None) -> tuple[pl.DataFrame, Path, str]:
-    """(dicom_id, image_path) in manifest order, the raw root, and the manifest's sha256."""
-    from cxr.mimic.manifest import read_manifest, read_manifest_info
+def manifest_keys(manifest: Path) -> pl.DataFrame:
+    """The manifest's (dicom_id, image_path) in manifest order: the image set a cache holds."""
+    from cxr.mimic.manifest import read_manifest
 
     df = read_manifest(manifest)  # one-line errors for a missing or malformed manifest
     df = df.select(pl.col("dicom_id").cast(pl.String), pl.col("image_path").cast(pl.String))
@@ -161,6 +184,93 @@ def read_manifest_images(manifest: Path, raw: Path | None) -> tuple[pl.DataFrame
         raise InputError(f"{manifest}: null dicom_id or image_path")
     if df["dicom_id"].n_unique() != df.height:
         raise InputError(f"{manifest}: duplicate dicom_id values")
+    return df
+
+
+def stored_keys(keys: pl.DataFrame) -> pl.DataFrame:
+    """(dicom_id, image_path) as the cache stores and hashes them: the patient folder of each
+    path masked (`cxr.core.privacy`). The study folder and file name still name the image."""
+    from cxr.core.privacy import mask_subject
+
+    masked = [mask_subject(p) for p in keys["image_path"].to_list()]
+    return pl.DataFrame(
+        {"dicom_id": keys["dicom_id"], "image_path": pl.Series(masked, dtype=pl.String)}
+    )
+
+
+def images_key(keys: pl.DataFrame) -> str:
+    """SHA-256 of the ordered (dicom_id, image_path) list: what a cache is keyed on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for dicom_id, path in stored_keys(keys).iter_rows():
+        digest.update(f"{dicom_id}\t{path}\n".encode())
+    return digest.hexdigest()
+
+
+def holds_manifest(cache: Cache, manifest: Path, key: str | None = None) -> bool:
+    """Whether `cache` holds exactly the manifest's image set, in its order (`key`: the
+    manifest's `images_key`, when already computed)."""
+    held = cache.meta.get("images_sha256")
+    if held is None:  # a cache written before the key existed: keyed on the manifest's bytes
+        return cache.meta.get("manifest_sha256") == file_sha256(manifest)
+    return held == (key or images_key(manifest_keys(manifest)))
+
+
+def _cache_state(cache_dir: Path, manifest: Path, key: str) -> str | None:
+    """None when the cache is complete and holds the manifest's images, else what is wrong."""
+    try:
+        cache = load_cache(cache_dir)
+    except MissingInput:
+        return "not built"
+    except CxrError as exc:
+        return "incomplete" if "incomplete" in str(exc) else "unreadable"
+    return None if holds_manifest(cache, manifest, key) else "another image set"
+
+
+def choose_cache(interim: Path, manifest: Path, image_size: int, cache_size: int = 0) -> Path:
+    """The cache training reads for a model input of `image_size`.
+
+    `cache_size` set: `interim/cache-<cache_size>`. Otherwise the smallest cache under `interim`
+    of at least `image_size` (random crops are resized down to it) that is complete and holds the
+    manifest's images. When none can, the message names the one command that makes one: the
+    smallest such cache present (preprocess finishes or updates it, decoding only what it lacks),
+    else the default cache size when it serves `image_size`, else `image_size` itself.
+    """
+    key = images_key(manifest_keys(manifest))  # a missing manifest is reported first
+    candidates = {}
+    if interim.is_dir():
+        for p in interim.iterdir():
+            size = cache_size_of(p)
+            wanted = size == cache_size if cache_size else size is not None and size >= image_size
+            if wanted and p.is_dir():
+                candidates[size] = p
+    states = {size: _cache_state(candidates[size], manifest, key) for size in sorted(candidates)}
+    for size, state in states.items():
+        if state is None:
+            return candidates[size]
+    if states:
+        size = min(states)
+    elif cache_size:
+        size = cache_size
+    else:
+        size = max(CACHE_SIZE, image_size)
+    found = ", ".join(f"cache-{s}: {state}" for s, state in states.items())
+    want = (
+        f"image cache cache-{size}"
+        if cache_size
+        else f"image cache of at least {image_size} px (the model input)"
+    )
+    what = f"{want} holding the manifest's images" + (f" ({found})" if found else "")
+    verb = "updates it, decoding only the images it lacks" if states else "builds it"
+    raise MissingInput(interim / f"cache-{size}", what, f"`cxr preprocess --size {size}` {verb}")
+
+
+def read_manifest_images(manifest: Path, raw: Path | None) -> tuple[pl.DataFrame, Path, str]:
+    """(dicom_id, image_path) in manifest order, the raw root, and the manifest's sha256."""
+    from cxr.mimic.manifest import read_manifest_info
+
+    df = manifest_keys(manifest)
     if raw is None:
         raw_dir = read_manifest_info(manifest).get("raw_dir")
         if not raw_dir:
@@ -308,8 +418,11 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+_CARRY_TMP = ".images.npy.carry"
+
+
 def _wipe(d: Path) -> None:
-    for name in (META, INDEX, IMAGES):
+    for name in (META, INDEX, IMAGES, KEYS, _CARRY_TMP):
         with contextlib.suppress(FileNotFoundError):
             (d / name).unlink()
     j = d / JOURNAL
@@ -318,11 +431,54 @@ def _wipe(d: Path) -> None:
             p.unlink()
 
 
-def open_or_create(d: Path, meta: dict, force: bool) -> tuple[dict, bool]:
-    """Create the cache files if absent; refuse one built from another manifest/size/method.
+def _write_keys(d: Path, keys: pl.DataFrame) -> None:
+    with atomic_path(d / KEYS) as tmp:
+        stored_keys(keys).write_parquet(tmp, statistics=False)
+        _shareable(tmp)
 
-    Returns (meta on disk, created). cache.json is written last, so its presence means images.npy
-    is complete in shape; a crash before that leaves files the next run recreates.
+
+def _write_meta(d: Path, meta: dict) -> None:
+    write_text_atomic(d / META, json.dumps(meta, indent=2) + "\n")
+    _shareable(d / META)
+
+
+def _create(d: Path, meta: dict, keys: pl.DataFrame) -> None:
+    """Fresh files for `meta`. cache.json is written last, so its presence means images.npy is
+    complete in shape; a crash before that leaves files the next run recreates."""
+    n, size = meta["n"], meta["size"]
+    with atomic_path(d / IMAGES) as tmp, open(tmp, "wb") as f:
+        f.write(_npy_header(n, size))
+        f.truncate(PAGE + n * size * size)  # sparse: zeros until written
+        f.flush()
+        os.fsync(f.fileno())
+        _shareable(tmp)
+    _write_keys(d, keys)
+    (d / JOURNAL).mkdir(exist_ok=True)
+    _write_meta(d, meta)
+    _fsync_dir(d)
+
+
+def _same_images(old: dict, meta: dict) -> bool:
+    if "images_sha256" in old:
+        return old["images_sha256"] == meta["images_sha256"]
+    # Written before the key existed: keyed on the manifest file's bytes.
+    return old.get("manifest_sha256") == meta["manifest_sha256"] and old.get("n") == meta["n"]
+
+
+def open_or_create(
+    d: Path,
+    meta: dict,
+    keys: pl.DataFrame,
+    force: bool,
+    shard: tuple[int, int] | None = None,
+) -> tuple[dict, bool, int]:
+    """Open the cache of `meta`'s image set, creating it if absent; (meta on disk, created,
+    rows carried over).
+
+    A cache of the same image set is reused as it is (whatever else changed in the manifest). One
+    of another image set is laid out anew for the new set, keeping the decoded rows of the images
+    both share (`carry_over`); only a full build does that, shards refuse. Another size or method
+    is refused unless `force`, which rebuilds from nothing.
     """
     d.mkdir(parents=True, exist_ok=True)
     with _locked(d):
@@ -332,32 +488,94 @@ def open_or_create(d: Path, meta: dict, force: bool) -> tuple[dict, bool]:
                 old = json.loads(meta_path.read_text(encoding="utf-8"))
             except ValueError:
                 old = {}
-            for key, what in (
-                ("manifest_sha256", "manifest"),
-                ("size", "size"),
-                ("method", "method"),
-                ("n", "row count"),
-            ):
+            for key, what in (("size", "size"), ("method", "method")):
                 if old.get(key) != meta[key]:
                     raise CxrError(
-                        f"{d}: cache was built from another {what} "
+                        f"{d}: cache was built with another {what} "
                         f"({old.get(key)!r} != {meta[key]!r}); use --force to rebuild it"
                     )
             if (d / IMAGES).is_file():
-                return old, False
+                if _same_images(old, meta):
+                    if "images_sha256" not in old or not (d / KEYS).is_file():
+                        _write_keys(d, keys)  # an older cache: record what it holds
+                        old = {**old, "images_sha256": meta["images_sha256"]}
+                        _write_meta(d, old)
+                    return old, False, 0
+                if shard is not None:
+                    size = meta["size"]
+                    raise CxrError(
+                        f"{d}: the manifest's images differ from the cache's; run `cxr preprocess "
+                        f"--size {size}` once without --shard (it keeps the images both hold and "
+                        "decodes the others), then the shards"
+                    )
+                if (d / KEYS).is_file():
+                    return meta, True, carry_over(d, meta, keys)
         _wipe(d)
-        n, size = meta["n"], meta["size"]
-        with atomic_path(d / IMAGES) as tmp, open(tmp, "wb") as f:
-            f.write(_npy_header(n, size))
-            f.truncate(PAGE + n * size * size)  # sparse: zeros until written
+        _create(d, meta, keys)
+        return meta, True, 0
+
+
+def carry_over(d: Path, meta: dict, keys: pl.DataFrame) -> int:
+    """Lay the cache out for the image set `keys`, copying the decoded rows of every image the
+    old set also holds (same dicom_id and image_path); returns how many were kept.
+
+    The new images.npy is filled under a temporary name while the old cache stays whole. Then the
+    old cache.json goes first, so a kill during the swap leaves no cache.json and the next run
+    rebuilds from nothing rather than mixing the two layouts; the new cache.json comes last.
+    """
+    old_keys = pl.read_parquet(d / KEYS).select("dicom_id", "image_path")
+    done, errors = read_journal(d, old_keys.height)
+    ok = done & np.array([e is None for e in errors], dtype=bool)
+    pairs = (
+        stored_keys(keys)
+        .with_row_index("new_row")
+        .join(
+            old_keys.with_row_index("old_row").filter(pl.Series(ok)),
+            on=["dicom_id", "image_path"],
+            how="inner",
+        )
+        .sort("old_row")  # read the old file forwards
+    )
+    new_rows = pairs["new_row"].to_numpy().astype(np.int64)
+    old_rows = pairs["old_row"].to_numpy().astype(np.int64)
+    n, size = meta["n"], meta["size"]
+    tmp = d / _CARRY_TMP
+    with open(tmp, "wb") as f:
+        f.write(_npy_header(n, size))
+        f.truncate(PAGE + n * size * size)
+    if len(new_rows):
+        old_images = np.load(d / IMAGES, mmap_mode="r")
+        out = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=PAGE, shape=(n, size, size))
+        step = 1024
+        for i in range(0, len(new_rows), step):
+            out[new_rows[i : i + step]] = old_images[old_rows[i : i + step]]
+        out.flush()
+        del out, old_images
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    _shareable(tmp)
+
+    (d / META).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (d / INDEX).unlink()
+    journal = d / JOURNAL
+    journal.mkdir(exist_ok=True)
+    for p in journal.iterdir():
+        p.unlink()
+    os.replace(tmp, d / IMAGES)
+    _write_keys(d, keys)
+    if len(new_rows):
+        rows = np.sort(new_rows).tolist()
+        record = journal / f"{time.time_ns():020d}-carried.jsonl"
+        with open(record, "w", encoding="utf-8") as f:
+            for i in range(0, len(rows), 4096):
+                part = rows[i : i + 4096]
+                f.write(json.dumps({"rows": part, "errors": [None] * len(part)}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-            _shareable(tmp)
-        (d / JOURNAL).mkdir(exist_ok=True)
-        write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
-        _shareable(meta_path)
-        _fsync_dir(d)
-        return meta, True
+    _write_meta(d, meta)
+    _fsync_dir(d)
+    return len(new_rows)
 
 
 def read_journal(d: Path, n: int) -> tuple[np.ndarray, list[str | None]]:
@@ -476,6 +694,7 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
     meta = {
         "size": config.size,
         "method": METHOD,
+        "images_sha256": images_key(df),
         "manifest_sha256": sha,
         "n": n,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -493,7 +712,7 @@ def build_cache(config: PreprocessConfig) -> BuildResult:
 def _build(config, d: Path, df: pl.DataFrame, raw: Path, meta: dict, t0: float, lock_fd: int):
     """build_cache's work, run while this process holds the cache (`lock_fd`)."""
     n = df.height
-    open_or_create(d, meta, config.force)
+    _, _, carried = open_or_create(d, meta, df, config.force, config.shard)
 
     done, prev_errors = read_journal(d, n)
     mine = shard_rows(n, config.size, config.shard)
@@ -530,6 +749,7 @@ def _build(config, d: Path, df: pl.DataFrame, raw: Path, meta: dict, t0: float, 
         pending=int((~done).sum()),
         complete=complete,
         seconds=time.perf_counter() - t0,
+        carried=carried,
     )
 
 

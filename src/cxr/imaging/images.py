@@ -187,6 +187,46 @@ def _load_dicom(path: Path) -> np.ndarray:
     return out
 
 
+def equalize_histogram(img: np.ndarray) -> np.ndarray:
+    """Global histogram equalization of a uint8 image (OpenCV's equalizeHist formula).
+
+    MIMIC-CXR-JPG's JPEGs were histogram-equalized when they were made from the DICOMs, so a model
+    trained on them has only seen equalized intensities; `cxr predict` applies this to other
+    inputs. Any increasing change of the input's intensities (a gamma, a window) gives nearly
+    the same result. A constant image is returned as it is.
+    """
+    img = np.asarray(img, dtype=np.uint8)
+    hist = np.bincount(img.ravel(), minlength=256)
+    cdf = np.cumsum(hist)
+    lowest = int(cdf[np.flatnonzero(hist)[0]]) if img.size else 0
+    total = int(img.size)
+    if total == lowest:
+        return img.copy()
+    lut = np.rint((cdf - lowest) * 255.0 / (total - lowest)).clip(0, 255).astype(np.uint8)
+    return lut[img]
+
+
+def dicom_view(path: str | os.PathLike[str]) -> str | None:
+    """A DICOM file's ViewPosition (PA, AP, LL...), or None when absent or unreadable."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        return None
+    value = str(ds.get("ViewPosition", "") or "").strip().upper()
+    return value or None
+
+
+def file_format(path: str | os.PathLike[str]) -> str | None:
+    """'jpeg', 'png', 'dicom' or None, from the file's first bytes (None too when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(132))
+    except OSError:
+        return None
+
+
 def fit_geometry(height: int, width: int, size: int) -> tuple[int, int]:
     """(h, w) of an image scaled so its longer side is `size`, aspect ratio kept."""
     if height >= width:

@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps and overlays.
+"""Grad-CAM heatmaps and overlays (`render_cam`: the PNGs `cxr predict --cam` writes).
 
 A small hook-based implementation rather than a library (e.g. pytorch-grad-cam): about sixty lines,
 no extra dependency to pin, and it works for any timm backbone. For timm models it splits the
@@ -108,3 +108,81 @@ def overlay(
     colored = colormaps[cmap](np.clip(heat, 0, 1))[..., :3] * 255.0
     out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colored
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# -- the overlays `cxr predict --cam` writes --------------------------------------------------
+
+CAM_HEADER = 28  # pixels above the image: the label, the probability (and the decision)
+CAM_SIDE = 512  # the image's longer side in the overlay
+CAM_BAR = 64  # pixels right of the image: the colour bar and its scale
+CAM_FLOOR = 0.2  # below this share of the map's peak the overlay is fully transparent
+CAM_ALPHA = 0.6  # opacity at the peak
+
+
+def cam_region(heat: np.ndarray, size: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The heatmap over the image area only: resized to the square's side `size`, cut to `box`
+    (top, left, height, width: where `fit_square` put the image) and scaled so its peak within
+    the image is 1. A peak in the zero padding around the film no longer sets the scale."""
+    from PIL import Image
+
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.shape != (size, size):
+        heat = np.asarray(Image.fromarray(heat, mode="F").resize((size, size), Image.BILINEAR))
+    top, left, h, w = box
+    region = np.clip(heat[top : top + h, left : left + w], 0, None)
+    peak = float(region.max()) if region.size else 0.0
+    return region / peak if peak > 0 else np.zeros_like(region)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # a Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def render_cam(
+    square: np.ndarray,
+    heat: np.ndarray,
+    box: tuple[int, int, int, int],
+    title: str,
+    cmap: str = "jet",
+) -> np.ndarray:
+    """The overlay PNG's pixels (RGB uint8): the image at its own aspect ratio (the padding of
+    the square cut away), the heatmap drawn over it only where it is at least CAM_FLOOR of its
+    peak and more opaque as it rises, `title` above it, and the colour bar right of it.
+
+    The image occupies exactly rows CAM_HEADER.. and columns 0.. of its scaled size."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    top, left, h, w = box
+    image = np.asarray(square)[top : top + h, left : left + w]
+    region = cam_region(heat, square.shape[0], box)
+    scale = CAM_SIDE / max(h, w)
+    width, height = max(1, round(w * scale)), max(1, round(h * scale))
+    gray = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR), np.float32)
+    hot = np.asarray(Image.fromarray(region, mode="F").resize((width, height), Image.BILINEAR))
+    colormap = colormaps[cmap]
+
+    def blend(base: np.ndarray, values: np.ndarray) -> np.ndarray:
+        alpha = CAM_ALPHA * np.clip((values - CAM_FLOOR) / (1 - CAM_FLOOR), 0, 1)[..., None]
+        return (1 - alpha) * base + alpha * colormap(np.clip(values, 0, 1))[..., :3] * 255.0
+
+    canvas = np.full((height + CAM_HEADER, width + CAM_BAR, 3), 255.0, dtype=np.float32)
+    canvas[CAM_HEADER:, :width] = blend(np.repeat(gray[..., None], 3, axis=2), hot)
+    # the colour bar: 1 at the top, 0 at the bottom, drawn as the overlay draws it on white
+    ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(14, axis=1)
+    canvas[CAM_HEADER:, width + 8 : width + 22] = blend(np.full((height, 14, 3), 255.0), ramp)
+    out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    draw.text((6, 5), title, fill=(0, 0, 0), font=_font(16))
+    small = _font(11)
+    for value in (1.0, 0.5, CAM_FLOOR, 0.0):
+        y = CAM_HEADER + round((1 - value) * (height - 1))
+        draw.line([(width + 22, y), (width + 26, y)], fill=(0, 0, 0))
+        draw.text((width + 28, max(CAM_HEADER, y - 6)), f"{value:g}", fill=(0, 0, 0), font=small)
+    draw.rectangle([width + 8, CAM_HEADER, width + 21, CAM_HEADER + height - 1], outline=(0, 0, 0))
+    return np.asarray(out)

@@ -7,6 +7,13 @@ validation did, from the checkpoint alone (`cxr.inference.runtime.Preprocess`): 
 probabilities from `cxr predict` as its cached image gets from `cxr evaluate`. Directories are walked
 recursively for `.jpg .jpeg .png .dcm .dicom` files and extension-less files that are DICOM by their
 magic (`DICM` at byte 128). Unreadable files are reported and skipped.
+
+MIMIC-CXR-JPG's JPEGs were histogram-equalized when they were made from the DICOMs, so PNG and
+DICOM inputs (which are not) are equalized the same way before fitting (`--equalize`), and a
+DICOM whose ViewPosition the model was not trained on is warned about. With `--thresholds
+validate`, each probability gets a yes/no decision at the threshold `cxr train` chose on the
+validate split. Every output of an input is named by its exact file stem, unique per input
+(`unique_stems`): the table's `image` column and the overlays' names.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from cxr.core.privacy import mask_subject
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 
 
+EQUALIZE = ("auto", "all", "none")
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     checkpoint: Path
@@ -37,15 +47,24 @@ class PredictConfig:
     format: str = "csv"  # csv | json
     batch_size: int = 16
     device: str = "auto"  # auto: CUDA when available, else the CPU
+    thresholds: str | None = None  # "validate": yes/no decisions at the checkpoint's thresholds
+    equalize: str = "auto"  # auto: PNG and DICOM inputs; all; none
 
 
 @dataclass
 class PredictResult:
     labels: list[str]
-    rows: list[dict[str, Any]] = field(default_factory=list)  # {"file": str, label: prob, ...}
+    # {"image": unique stem, "file": masked path, label: prob, ..., "<label> decision": yes/no}
+    rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     cams: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings for the user (stderr)
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # image area per row
+    thresholds: dict[str, float] = field(default_factory=dict)  # applied, by label
+
+
+def decision_column(label: str) -> str:
+    return f"{label} decision"
 
 
 def _is_dicom_by_magic(path: Path) -> bool:
@@ -79,16 +98,81 @@ def collect_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def _read(paths: Sequence[Path], pre) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
-    from cxr.imaging.images import ImageReadError
+def equalizes(fmt: str | None, mode: str) -> bool:
+    """Whether an input of format `fmt` is histogram-equalized under `--equalize mode`: `auto`
+    equalizes PNG and DICOM files and leaves JPEGs, taken as MIMIC-CXR-JPG's (equalized already)."""
+    if mode == "all":
+        return True
+    if mode == "none":
+        return False
+    return fmt in ("png", "dicom")
 
+
+@dataclass(frozen=True)
+class _Read:
+    path: Path
+    square: np.ndarray | None
+    box: tuple[int, int, int, int]  # (top, left, height, width) of the image in the square
+    view: str | None  # a DICOM's ViewPosition
+    reason: str | None  # why it could not be read
+
+
+def _read(paths: Sequence[Path], pre, equalize: str = "none") -> Iterator[_Read]:
+    """Each file as the cache would store it (`load_fitted`), equalized first when `equalizes`
+    says so, with the area the image fills in its square."""
+    from cxr.imaging.images import (
+        ImageReadError,
+        dicom_view,
+        equalize_histogram,
+        file_format,
+        fit_geometry,
+        fit_square,
+        load_xray,
+    )
+
+    size = pre.square_size
     for path in paths:
+        fmt = file_format(path)
         try:
-            square = pre.read(path)  # exactly the cache's pixels for this file
+            image = load_xray(path, max_side=size)
         except ImageReadError as exc:
-            yield path, None, exc.reason
+            yield _Read(path, None, (0, 0, 0, 0), None, exc.reason)
             continue
-        yield path, square, None
+        if equalizes(fmt, equalize):
+            image = equalize_histogram(image)
+        h, w = fit_geometry(*image.shape, size)
+        box = ((size - h) // 2, (size - w) // 2, h, w)
+        view = dicom_view(path) if fmt == "dicom" else None
+        yield _Read(path, fit_square(image, size), box, view, None)
+
+
+def unique_stems(names: Sequence[str]) -> list[str]:
+    """Each file's exact stem, made unique: a stem seen before gets `~2`, `~3`... in input
+    order, so every output of one input (its row, its overlays) carries one name, and no two
+    inputs share one."""
+    used: set[str] = set()
+    out = []
+    for name in names:
+        stem = Path(name).stem or Path(name).name or "image"
+        candidate, n = stem, 2
+        while candidate in used:
+            candidate = f"{stem}~{n}"
+            n += 1
+        used.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def checkpoint_thresholds(ckpt: dict, path: Path) -> dict[str, float]:
+    """The validate-chosen (Youden) thresholds `cxr train` recorded, one per label."""
+    recorded = (ckpt.get("thresholds") or {}).get("youden") or {}
+    missing = [label for label in ckpt["labels"] if label not in recorded]
+    if missing:
+        raise CxrError(
+            f"{path}: no validate-chosen thresholds in this checkpoint (written by an older cxr "
+            "train); train it again, or leave out --thresholds"
+        )
+    return {label: float(recorded[label]) for label in ckpt["labels"]}
 
 
 def predict_files(
@@ -98,29 +182,50 @@ def predict_files(
     files: Sequence[Path],
     batch_size: int = 16,
     device: str = "cpu",
+    equalize: str = "none",
+    views: Sequence[str] = (),
 ) -> tuple[PredictResult, list[np.ndarray]]:
-    """Probabilities for every readable file (in order), failures, and the squares the model saw."""
+    """Probabilities for every readable file (in order), failures, and the squares the model saw.
+
+    `views`: the view positions the model was trained on; a DICOM of another is warned about."""
     from cxr.inference.runtime import predict_squares
 
     result = PredictResult(labels=list(labels))
     squares: list[np.ndarray] = []
     names: list[str] = []
-    for path, square, reason in _read(files, pre):
+    for item in _read(files, pre, equalize):
         # Outputs name a file with its patient folder masked (MIMIC paths contain subject_id).
-        if square is None:
-            result.failures.append((mask_subject(str(path)), reason or "unreadable"))
-        else:
-            squares.append(square)
-            names.append(mask_subject(str(path)))
+        shown = mask_subject(str(item.path))
+        if item.square is None:
+            result.failures.append((shown, item.reason or "unreadable"))
+            continue
+        squares.append(item.square)
+        names.append(shown)
+        result.boxes.append(item.box)
+        if item.view and views and item.view not in views:
+            result.notes.append(
+                f"{shown}: DICOM view {item.view}, but the model was trained on "
+                f"{', '.join(views)} images only; its probabilities may not hold"
+            )
+    stems = unique_stems(names)
     batches = (np.stack(squares[i : i + batch_size]) for i in range(0, len(squares), batch_size))
     k = 0
     for probs in predict_squares(model, pre, batches, device):
         for row in probs:
             result.rows.append(
-                {"file": names[k]} | {lab: float(v) for lab, v in zip(labels, row, strict=True)}
+                {"image": stems[k], "file": names[k]}
+                | {lab: float(v) for lab, v in zip(labels, row, strict=True)}
             )
             k += 1
     return result, squares
+
+
+def apply_thresholds(result: PredictResult, thresholds: dict[str, float]) -> None:
+    """Add a yes/no decision beside each probability: yes when p >= the label's threshold."""
+    result.thresholds = dict(thresholds)
+    for row in result.rows:
+        for label in result.labels:
+            row[decision_column(label)] = "yes" if row[label] >= thresholds[label] else "no"
 
 
 def _slug(text: str) -> str:
@@ -136,39 +241,43 @@ def write_cams(
     out_dir: Path,
     device: str = "cpu",
 ) -> list[Path]:
-    """One overlay PNG per image and top-k label: `<file stem>__<Label>.png` (deduplicated)."""
+    """One overlay PNG per image and top-k label: `<image>__<Label>.png`, `<image>` the row's
+    `image` (the file's exact stem, unique per input)."""
     from PIL import Image
 
     from cxr.core.atomic import atomic_path
-    from cxr.inference.explain import grad_cams, overlay
+    from cxr.inference.explain import grad_cams, render_cam
 
     written: list[Path] = []
-    used: set[str] = set()
     labels = result.labels
-    for row, square in zip(result.rows, squares, strict=True):
+    for row, square, box in zip(result.rows, squares, result.boxes, strict=True):
         probs = np.array([row[lab] for lab in labels])
         top = [int(i) for i in np.argsort(-probs, kind="stable")[:top_k]]
         maps = grad_cams(model, pre.tensor(square[None]).to(device), top)
-        stem = _slug(Path(row["file"]).stem) or "image"
         for j, heat in zip(top, maps, strict=True):
-            name = f"{stem}__{_slug(labels[j])}"
-            n = 2
-            while name in used:
-                name = f"{stem}-{n}__{_slug(labels[j])}"
-                n += 1
-            used.add(name)
-            target = out_dir / f"{name}.png"
+            label = labels[j]
+            title = f"{label}: p = {row[label]:.3f}"
+            if label in result.thresholds:
+                t = result.thresholds[label]
+                title += f" ({row[decision_column(label)]} at threshold {t:.3f})"
+            target = out_dir / f"{row['image']}__{_slug(label)}.png"
             with atomic_path(target) as tmp:
-                Image.fromarray(overlay(square, heat)).save(tmp, format="PNG")
+                Image.fromarray(render_cam(square, heat, box, title)).save(tmp, format="PNG")
             written.append(target)
     return written
 
 
 def format_rows(result: PredictResult, fmt: str) -> str:
-    """CSV (header `file,<labels>`) or a JSON list of objects, probabilities to 6 decimals."""
+    """CSV (header `image,file,<labels>`, each label followed by its decision with thresholds)
+    or a JSON list of objects; probabilities to 6 decimals."""
+    columns = ["image", "file"]
+    for label in result.labels:
+        columns.append(label)
+        if result.thresholds:
+            columns.append(decision_column(label))
     if fmt == "json":
         rows = [
-            {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}
+            {k: (round(r[k], 6) if isinstance(r[k], float) else r[k]) for k in columns}
             for r in result.rows
         ]
         return json.dumps(rows, indent=2) + "\n"
@@ -177,9 +286,9 @@ def format_rows(result: PredictResult, fmt: str) -> str:
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["file", *result.labels])
+    writer.writerow(columns)
     for r in result.rows:
-        writer.writerow([r["file"], *(f"{r[lab]:.6f}" for lab in result.labels)])
+        writer.writerow([f"{r[c]:.6f}" if isinstance(r[c], float) else r[c] for c in columns])
     return buf.getvalue()
 
 
@@ -193,6 +302,10 @@ def predict(cfg: PredictConfig) -> tuple[PredictResult, str]:
 
     if cfg.format not in ("csv", "json"):
         raise CxrError(f"--format must be csv or json, got {cfg.format!r}")
+    if cfg.equalize not in EQUALIZE:
+        raise CxrError(f"--equalize must be one of {', '.join(EQUALIZE)}, got {cfg.equalize!r}")
+    if cfg.thresholds not in (None, "validate"):
+        raise CxrError(f"--thresholds must be validate, got {cfg.thresholds!r}")
     if cfg.cam and cfg.out is None:
         raise CxrError("--cam writes overlay images: give an output directory with --out")
     if cfg.out is not None:
@@ -206,7 +319,19 @@ def predict(cfg: PredictConfig) -> tuple[PredictResult, str]:
         )
     device = resolve_device(cfg.device)
     model, ckpt, pre = load_model(cfg.checkpoint, device)
-    result, squares = predict_files(model, pre, ckpt["labels"], files, cfg.batch_size, device)
+    thresholds = checkpoint_thresholds(ckpt, cfg.checkpoint) if cfg.thresholds else None
+    result, squares = predict_files(
+        model,
+        pre,
+        ckpt["labels"],
+        files,
+        cfg.batch_size,
+        device,
+        equalize=cfg.equalize,
+        views=[str(v) for v in ckpt.get("views") or ()],
+    )
+    if thresholds is not None:
+        apply_thresholds(result, thresholds)
     note = pre.decoder_note()
     if note:
         result.notes.append(note)

@@ -21,7 +21,7 @@ import polars as pl
 
 from cxr import __version__
 from cxr.core.atomic import atomic_path, output_errors, write_text_atomic
-from cxr.core.errors import InputError
+from cxr.core.errors import InputError, MissingInput
 from cxr.core.hashing import file_sha256
 from cxr.mimic import schema
 from cxr.mimic.tables import (
@@ -334,6 +334,8 @@ def build_manifest(
 
 def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTables) -> dict:
     """Parquet then manifest.json, each atomically; returns the json written."""
+    from cxr.mimic.synthetic import is_demo_tree
+
     out = Path(cfg.out)
     with output_errors(out), atomic_path(out) as tmp:
         result.manifest.write_parquet(tmp, compression="zstd", statistics=True)
@@ -342,6 +344,7 @@ def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTable
         "manifest": out.name,
         "sha256": digest,
         "raw_dir": str(Path(cfg.raw).resolve()),
+        "synthetic_demo": is_demo_tree(cfg.raw),
         "inputs": {
             kind: {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
             for kind, path in tables.paths.items()
@@ -369,7 +372,7 @@ def read_manifest(path: str | Path) -> pl.DataFrame:
     """The manifest parquet, with a one-line error when it is missing or not a manifest."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: manifest not found (run `cxr manifest` first)")
+        raise MissingInput(path, "manifest", "`cxr manifest` builds it from the raw CSVs")
     try:
         df = pl.read_parquet(path)
     except Exception as exc:  # polars raises several types for a damaged file

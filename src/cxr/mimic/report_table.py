@@ -30,7 +30,7 @@ import polars as pl
 
 from cxr import __version__
 from cxr.core.atomic import atomic_path, output_errors, write_text_atomic
-from cxr.core.errors import InputError
+from cxr.core.errors import InputError, MissingInput
 from cxr.core.hashing import file_sha256
 from cxr.mimic.reports import SECTIONS, labeler_text, report_columns, report_files, section_files
 from cxr.mimic.schema import FILES_DIR
@@ -211,10 +211,19 @@ def report_table(
     if Path(path).suffix == ".json":
         raise InputError(f"{path}: the reports table must not end in .json (its sidecar does)")
     if not files_dir.is_dir():
-        raise InputError(f"{files_dir}: no files/ folder under the raw root")
+        raise MissingInput(
+            files_dir,
+            "files/ folder of the raw root",
+            "`cxr download subset` fetches the manifest's images and reports into it, "
+            "`cxr demo` writes a synthetic tree",
+        )
     scan = scan if scan is not None else scan_reports(raw)
     if not scan.chosen:
-        raise InputError(f"{files_dir}: no report files (sXXXXXXXX.txt) found")
+        raise MissingInput(
+            files_dir,
+            "report files (sXXXXXXXX.txt)",
+            "`cxr download subset` fetches the reports of the manifest's studies",
+        )
     fresh = load_report_table(path, raw, scan)
     if fresh is not None:
         return fresh

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cxr.core.errors import InputError
+from cxr.core.errors import RAW_MAKERS, InputError, MissingInput
 from cxr.mimic import schema
 
 LINE = "_line"  # 1-based line number in the file (the header is line 1)
@@ -350,7 +350,7 @@ def read_frames(raw: Path) -> tuple[dict[str, pl.DataFrame], dict[str, str]]:
     """The three CSVs as text frames, read in parallel; InputError if one is missing or unreadable."""
     raw = Path(raw)
     if not raw.exists():
-        raise InputError(f"{raw}: raw data directory does not exist")
+        raise MissingInput(raw, "raw data directory", RAW_MAKERS)
     if not raw.is_dir():
         raise InputError(f"{raw}: not a directory")
     if not os.access(raw, os.R_OK | os.X_OK):
@@ -359,7 +359,7 @@ def read_frames(raw: Path) -> tuple[dict[str, pl.DataFrame], dict[str, str]]:
     for kind, name in KINDS.items():
         found = locate_csv(raw, name)
         if found is None:
-            raise InputError(f"{raw / name}: missing (neither {name} nor {name}.gz exists)")
+            raise MissingInput(raw / name, f"{name} (or {name}.gz)", RAW_MAKERS)
         paths[kind] = found
     # Decompression and parsing release the GIL: read the three files at once.
     with ThreadPoolExecutor(max_workers=3) as pool:

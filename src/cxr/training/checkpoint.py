@@ -1,7 +1,10 @@
 """Checkpoints: plain dicts of tensors and Python values, loadable with weights_only=True.
 
 Keys (the contract other stages rely on): `model` (state dict), `arch`, `labels` (output order),
-`preprocess` (below), `label_policy`, `config`, `epoch`, `val_metrics`, `cxr_version`; `last.pt`
+`preprocess` (below), `label_policy`, `config`, `epoch`, `val_metrics`, `thresholds` (`youden`:
+each label's threshold chosen on the validate split at that epoch, as `cxr evaluate` chooses its
+youden point; `cxr predict --thresholds validate` applies them), `views` (the view positions
+trained on), `cxr_version`; `last.pt`
 adds the resume state (`optimizer`, `scheduler`, `rng`, `best_score`, `best_epoch`, `bad_epochs`)
 and `history` (the metrics.jsonl lines up to its epoch). Nothing in a checkpoint identifies a
 patient.
@@ -33,7 +36,7 @@ from torch import nn
 
 from cxr import __version__
 from cxr.core.atomic import atomic_path
-from cxr.core.errors import CxrError
+from cxr.core.errors import CxrError, MissingInput
 
 PREPROCESS_KEYS = ("image_size", "source_size", "mean", "std", "in_chans", "method")
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "best_score", "best_epoch", "bad_epochs", "history")
@@ -122,6 +125,8 @@ def make_checkpoint(
     config: dict,
     epoch: int,
     val_metrics: dict,
+    thresholds: dict | None = None,
+    views: Sequence[str] = (),
 ) -> dict:
     pre = check_preprocess(preprocess)
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
@@ -138,6 +143,8 @@ def make_checkpoint(
         "config": config,
         "epoch": int(epoch),
         "val_metrics": val_metrics,
+        "thresholds": thresholds or {},
+        "views": list(views),
         "cxr_version": __version__,
     }
 
@@ -168,7 +175,7 @@ def load_plain(path: str | Path, what: str = "checkpoint"):
     """
     path = Path(path)
     if not path.exists():
-        raise CxrError(f"{path}: {what} not found")
+        raise MissingInput(path, what, "`cxr train --out RUN` writes RUN/best.pt and RUN/last.pt")
     if path.is_dir():
         raise CxrError(f"{path}: is a directory, not a {what} file")
     try:

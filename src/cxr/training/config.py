@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr.core.defaults import IMAGE_SIZE
 from cxr.core.errors import CxrError
 from cxr.mimic.policy import MISSING_CHOICES, UNCERTAIN_CHOICES, LabelPolicy
 from cxr.mimic.schema import LABELS
@@ -46,8 +47,8 @@ class TrainConfig:
     # model
     model: str = "densenet121"
     pretrained: str = ""  # "", "imagenet" or a path to a state dict
-    image_size: int = 224  # model input; the cache may be larger (random crops, resize at eval)
-    cache_size: int = 0  # which cache to read by default; 0 = image_size
+    image_size: int = IMAGE_SIZE  # model input; the cache may be larger (crops are resized)
+    cache_size: int = 0  # which cache to read by default; 0 = any cache >= image_size
     mean: float = 0.5  # normalization on [0, 1] pixels; MIMIC JPEGs are histogram-equalized,
     std: float = 0.29  # so close to uniform: mean 0.5, std 1/sqrt(12)
     # optimization
@@ -244,6 +245,81 @@ def _check_labels(labels: Sequence[str], policy: LabelPolicy) -> None:
             f"config: policy.overrides names labels that are not trained: {stray}; "
             f"labels: {', '.join(labels)}"
         )
+
+
+# -- what each key means: `cxr train --print-config` shows it beside the value and the default --
+
+KEY_HELP: dict[str, str] = {
+    "manifest": 'manifest parquet; "" = <data root>/processed/manifest.parquet',
+    "cache": 'image cache directory; "" = chosen under <data root>/interim by cache_size',
+    "out": "run directory: config.toml, best.pt, last.pt, metrics.jsonl, tb/",
+    "labels": "labels to train, in the model's output order",
+    "model": "architecture: " + ", ".join(MODEL_NAMES),
+    "pretrained": '"" (random init), "imagenet" (timm download), or a state-dict/checkpoint path',
+    "image_size": "model input side in pixels; cached squares are resized to it",
+    "cache_size": "cache to read: 0 = the smallest cache of at least image_size px",
+    "mean": "normalization mean on [0, 1] pixels",
+    "std": "normalization std on [0, 1] pixels",
+    "epochs": "epochs in all (a resumed run goes on to this number)",
+    "batch_size": "images per step, per process",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_epochs": "linear warm-up length in epochs, then cosine decay per step",
+    "min_lr_ratio": "the cosine ends at lr * min_lr_ratio",
+    "grad_clip": "maximum gradient norm; 0 = off",
+    "pos_weight": '"none", or "auto": negatives/positives per label (capped at 100)',
+    "patience": "stop after this many epochs without a better validate macro AUROC; 0 = off",
+    "seed": "seed of initialization, batch order and augmentation",
+    "device": "auto (CUDA when available), cpu or cuda",
+    "amp": "bf16 autocast on CUDA (ignored on the CPU)",
+    "channels_last": "channels-last memory layout on CUDA",
+    "compile": "torch.compile the model (minutes to compile; pays off on long runs)",
+    "threads": "torch CPU threads; 0 = torch's default",
+    "prefetch": "batches gathered ahead in a background thread; 0 = inline",
+    "limit_train_batches": "train batches per epoch; 0 = all (smoke tests)",
+    "stop_after_epochs": "stop this invocation after N epochs, for wall-time limits; 0 = off",
+    "policy.uncertain": "uncertain (-1) labels in the loss: ignore, zeros or ones",
+    "policy.missing": "blank labels in the loss: zeros or ignore",
+    "policy.overrides": 'per-label rules, e.g. policy.overrides.Edema.uncertain="ones"',
+    "augment.scale_min": "random resized crop: smallest fraction of the image area kept",
+    "augment.ratio_max": "random resized crop: aspect ratio within [1/ratio_max, ratio_max]",
+    "augment.rotation": "random rotation, degrees either way",
+    "augment.brightness": "random additive brightness, in [0, 1] pixel units",
+    "augment.contrast": "random contrast factor around each image's mean: 1 +- contrast",
+    "augment.hflip": "random horizontal flip (off: it moves the heart)",
+}
+
+
+def describe_config(cfg: TrainConfig) -> str:
+    """The configuration as TOML: every key with its value, and a comment with its default and
+    meaning. The text is a valid config file (`cxr train --config` reads it back)."""
+    import tomli_w
+
+    def toml(value) -> str:
+        if isinstance(value, list | tuple):  # inline, on one line
+            return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        return tomli_w.dumps({"x": value})[4:].strip()
+
+    def line(key: str, value, default) -> str:
+        shown = "the 14 CheXpert labels" if key == "labels" else toml(default)
+        return f"{key.rsplit('.', 1)[-1]} = {toml(value)}  # default {shown}: {KEY_HELP[key]}"
+
+    defaults = config_to_dict(TrainConfig())
+    values = config_to_dict(cfg)
+    out = [line(k, v, defaults[k]) for k, v in values.items() if not isinstance(v, dict)]
+    for table in ("policy", "augment"):
+        out += ["", f"[{table}]"]
+        out += [
+            line(f"{table}.{k}", v, defaults[table][k])
+            for k, v in values[table].items()
+            if k != "overrides"
+        ]
+        if table == "policy":
+            out.append(f"# overrides: {KEY_HELP['policy.overrides']}")
+    for label, rule in values["policy"]["overrides"].items():
+        out += ["", f"[policy.overrides.{json.dumps(label)}]"]
+        out += [f"{k} = {toml(v)}" for k, v in rule.items()]
+    return "\n".join(out) + "\n"
 
 
 def config_to_dict(cfg) -> dict:

@@ -22,8 +22,7 @@ import polars as pl
 import torch
 
 from cxr.core.errors import CxrError
-from cxr.core.hashing import file_sha256
-from cxr.imaging.cache import load_cache
+from cxr.imaging.cache import holds_manifest, load_cache
 from cxr.mimic.manifest import read_manifest
 from cxr.mimic.policy import LabelPolicy, apply_policy
 
@@ -31,18 +30,15 @@ __all__ = ["BatchLoader", "CxrDataset", "open_cache", "read_manifest", "shard"]
 
 
 def open_cache(cache_dir: str | Path, manifest_path: str | Path | None = None):
-    """Load the image cache (cxr.imaging.cache.load_cache) and check it was built from this manifest."""
+    """Load the image cache (cxr.imaging.cache.load_cache) and check it holds this manifest's
+    images (its (dicom_id, image_path) list: other columns of the manifest may change freely)."""
     cache_dir = Path(cache_dir)
     cache = load_cache(cache_dir)
-    if manifest_path is not None:
-        # The file's own hash, as `cxr preprocess` records it (manifest.json's copy may be stale).
-        built_from = cache.meta.get("manifest_sha256")
-        current = file_sha256(manifest_path)
-        if built_from != current:
-            raise CxrError(
-                f"{cache_dir}: cache was built from another manifest (sha256 {str(built_from)[:12]} "
-                f"vs {current[:12]} for {manifest_path}); rerun `cxr preprocess`"
-            )
+    if manifest_path is not None and not holds_manifest(cache, Path(manifest_path)):
+        raise CxrError(
+            f"{cache_dir}: the cache holds another image set than {manifest_path}; "
+            f"`cxr preprocess --size {cache.size}` updates it, decoding only the images it lacks"
+        )
     return cache
 
 
@@ -90,7 +86,7 @@ class CxrDataset(torch.utils.data.Dataset):
         if unknown:
             raise CxrError(
                 f"{unknown} {split} images of the manifest are not in the cache; "
-                "the cache does not match the manifest (rerun `cxr preprocess`)"
+                f"`cxr preprocess --size {cache.size}` adds them"
             )
         ok = joined["ok"].to_numpy().astype(bool)
         self.n_excluded = int((~ok).sum())

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from cxr.core.atomic import write_text_atomic
 from cxr.core.errors import CxrError
 from cxr.core.jsonsafe import json_safe
-from cxr.core.progress import err_console, info, make_progress
+from cxr.core.progress import err_console, info, log_stamp, make_progress
 from cxr.training.augment import eval_transform, train_transform
 from cxr.training.checkpoint import (
     check_compatible,
@@ -124,16 +124,19 @@ def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
     return f
 
 
-def validation_aurocs(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels) -> dict:
-    """Study-level AUROC per label, scored as `cxr evaluate` scores it by default.
+# A label whose validate studies lack a class gets this threshold, as in `cxr evaluate`.
+DEFAULT_THRESHOLD = 0.5
+
+
+def _study_scores(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels):
+    """(targets, probabilities) per validate study, as `cxr evaluate` forms them by default.
 
     A study's probability is the mean of its images' (`metrics.aggregate_studies`); its targets are
     `metrics.eval_targets` of its raw labels: blank negative, uncertain (-1) left out, whatever the
     training policy made of either, so runs trained under different policies are validated on the
-    same rows. None where a label lacks one of the two classes.
+    same rows.
     """
     import polars as pl
-    from sklearn.metrics import roc_auc_score
 
     from cxr.stats.metrics import aggregate_studies, eval_targets
 
@@ -143,7 +146,31 @@ def validation_aurocs(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray,
     )
     study_probs = aggregate_studies(frame, names).select(names).to_numpy()
     _, first = np.unique(study_ids, return_index=True)  # sorted study ids, as aggregate_studies
-    y = eval_targets(raw[first])  # labels are per study: any image's row will do
+    return eval_targets(raw[first]), study_probs  # labels are per study: any image's row will do
+
+
+def validation_thresholds(study_ids, probs, raw, labels) -> dict[str, float]:
+    """Each label's Youden threshold on the validate studies (`_study_scores`): the operating
+    point `cxr evaluate` calls youden, recorded in the checkpoint for `cxr predict --thresholds
+    validate`. DEFAULT_THRESHOLD where validate lacks a class."""
+    from cxr.stats.metrics import youden_threshold
+
+    y, study_probs = _study_scores(study_ids, probs, raw, labels)
+    out = {}
+    for j, name in enumerate(labels):
+        keep = np.isfinite(y[:, j])
+        t = youden_threshold(y[keep, j], study_probs[keep, j])
+        out[name] = DEFAULT_THRESHOLD if t is None else t
+    return out
+
+
+def validation_aurocs(study_ids: np.ndarray, probs: np.ndarray, raw: np.ndarray, labels) -> dict:
+    """Study-level AUROC per label, scored as `cxr evaluate` scores it by default
+    (`_study_scores`). None where a label lacks one of the two classes."""
+    from sklearn.metrics import roc_auc_score
+
+    names = list(labels)
+    y, study_probs = _study_scores(study_ids, probs, raw, labels)
     out: dict[str, float | None] = {}
     for j, name in enumerate(names):
         keep = np.isfinite(y[:, j])
@@ -216,6 +243,7 @@ class Run:
     pos_weight: torch.Tensor | None
     one_class: frozenset[str]  # labels left out of macro AUROC (one class among train images)
     preprocess: dict  # the checkpoint's preprocess block
+    views: list[str] = field(default_factory=list)  # the train split's view positions
 
     @property
     def cuda(self) -> bool:
@@ -284,7 +312,10 @@ def _check_out(cfg: TrainConfig, resume: bool) -> None:
         raise CxrError(f"{out}: is a file; --out must be a directory")
     if resume:
         if not out.is_dir() or not any(out.iterdir()):
-            raise CxrError(f"{out / 'last.pt'}: nothing to resume (no run in {out})")
+            raise CxrError(
+                f"{out / 'last.pt'}: nothing to resume (no run in {out}); "
+                f"`cxr train --out {out}` without --resume starts one"
+            )
     elif (out / "last.pt").exists() or (out / "best.pt").exists():
         raise CxrError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
@@ -361,6 +392,9 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> tuple[Run, RunState]:
     }
     train_ds = CxrDataset(manifest, cache, "train", cfg.labels, cfg.policy)
     val_ds = CxrDataset(manifest, cache, "validate", cfg.labels, cfg.policy)
+    views = sorted(
+        manifest.filter(manifest["split"] == "train")["view_position"].drop_nulls().unique()
+    )
     del manifest  # subject_id goes no further than this point
     for ds in (train_ds, val_ds):
         if ds.n_excluded:
@@ -442,6 +476,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> tuple[Run, RunState]:
         pos_weight=pos_weight,
         one_class=frozenset(no_pos) | frozenset(no_neg),
         preprocess=preprocess,
+        views=[str(v) for v in views],
     )
     state = RunState() if ckpt is None else _resume_state(run, ckpt)
     if ckpt is not None:
@@ -474,7 +509,17 @@ def _history(last: dict, metrics_path: Path) -> list[str]:
 
 
 def open_outputs(run: Run, state: RunState, resumed: bool):
-    """Make the run directory consistent with `state`, write config.toml; the TensorBoard writer.
+    """`repair_outputs`, then the TensorBoard writer."""
+    repair_outputs(run, state, resumed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tensorboard's own deprecation noise
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run.out / "tb"), purge_step=state.epoch + 1)
+
+
+def repair_outputs(run: Run, state: RunState, resumed: bool) -> None:
+    """Make the run directory consistent with `state` and write config.toml.
 
     Removes temporary files a killed run left, rewrites metrics.jsonl to the epochs of last.pt,
     and rewrites best.pt from last.pt when a kill fell between the two on the epoch that was best.
@@ -496,11 +541,6 @@ def open_outputs(run: Run, state: RunState, resumed: bool):
                 best_epoch = load_checkpoint(run.best_path).get("epoch")
         if best_epoch != state.epoch:
             save_checkpoint(run.best_path, without_resume_state(load_checkpoint(run.last_path)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tensorboard's own deprecation noise
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(out / "tb"), purge_step=state.epoch + 1)
 
 
 def save_epoch(run: Run, state: RunState, record: dict, val: dict, improved: bool, writer) -> None:
@@ -521,6 +561,11 @@ def save_epoch(run: Run, state: RunState, record: dict, val: dict, improved: boo
         config=config_to_dict(cfg),
         epoch=epoch,
         val_metrics=json_safe(val),
+        thresholds={
+            "youden": dict(val["val_youden_thresholds"]),
+            "chosen_on": "validate split, study level, CheXpert labels, uncertain excluded",
+        },
+        views=run.views,
     )
     resume_state = {
         "optimizer": run.optimizer.state_dict(),
@@ -588,6 +633,8 @@ def train_one_epoch(run: Run, epoch: int, state: RunState) -> tuple[float, float
                     _nan_stop(epoch, step, run.best_path, state.best_epoch, state.best_score)
                 rate = seen * d.world / (time.perf_counter() - t0)
                 bar.update(task, completed=step, stats=f"loss {mean_loss:.4f}  {rate:,.0f} img/s")
+            else:
+                bar.update(task, completed=step)  # the bar moves every step, without a sync
     if d.ddp:
         # On the training device: NCCL reduces CUDA tensors only (gloo takes the CPU's).
         totals = torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64, device=d.device)
@@ -617,7 +664,8 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
             dist.broadcast(buf, 0)
     run.fwd.eval()
     parts_pos, parts_logits = [], []
-    with torch.no_grad():
+    with torch.no_grad(), make_progress() if d.main else _NoBar() as bar:
+        task = bar.add_task(f"validate {epoch}/{cfg.epochs}", total=len(run.val_loader))
         for batch in run.val_loader:
             batch = batch.to(d.device)
             x = run.model_input(eval_transform(batch.img, cfg.image_size, cfg.mean, cfg.std))
@@ -625,6 +673,7 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
                 logits = run.fwd(x)
             parts_pos.append(batch.positions.cpu())
             parts_logits.append(logits.float().cpu())
+            bar.advance(task)
     pos = torch.cat(parts_pos) if parts_pos else torch.zeros(0, dtype=torch.long)
     logits = torch.cat(parts_logits) if parts_logits else torch.zeros(0, len(cfg.labels))
     if d.ddp:
@@ -647,7 +696,18 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
     )
     counted = [v for k, v in aurocs.items() if v is not None and k not in run.one_class]
     macro = float(np.mean(counted)) if counted else float("nan")
-    return {"val_loss": val_loss, "val_macro_auroc": macro, "val_auroc": aurocs}
+    thresholds = validation_thresholds(
+        val_ds.study_ids[pos.numpy()],
+        torch.sigmoid(logits).numpy(),
+        val_ds.raw_labels[pos.numpy()],
+        cfg.labels,
+    )
+    return {
+        "val_loss": val_loss,
+        "val_macro_auroc": macro,
+        "val_auroc": aurocs,
+        "val_youden_thresholds": thresholds,
+    }
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -656,6 +716,22 @@ def validate(run: Run, epoch: int, state: RunState) -> dict:
 def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     run, state = setup(cfg, resume, d)
     cfg = run.cfg  # with the cache size actually read
+    stopped = bool(cfg.patience) and state.bad_epochs >= cfg.patience
+    if resume and state.epoch and (state.epoch >= cfg.epochs or stopped):
+        # A finished run resumed (`make train` twice): nothing to train. What a kill during its
+        # last save left is still repaired.
+        if d.main:
+            repair_outputs(run, state, resumed=True)
+            why = "early stopping" if stopped and state.epoch < cfg.epochs else "its last epoch"
+            info(f"{run.out}: the run is complete (epoch {state.epoch} of {cfg.epochs}, {why})")
+        return {
+            "best_epoch": state.best_epoch,
+            "best_val_macro_auroc": state.best_score,
+            "last_epoch": state.epoch,
+            "stopped_early": stopped,
+            "out": str(run.out),
+            "rank": d.rank,
+        }
     writer = None
     if d.main:
         writer = open_outputs(run, state, resumed=resume)
@@ -669,6 +745,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     epoch = state.epoch
     try:
         for epochs_now, epoch in enumerate(range(state.epoch + 1, cfg.epochs + 1), 1):
+            t0 = time.perf_counter()
             train_loss, images_per_s = train_one_epoch(run, epoch, state)
             val = validate(run, epoch, state)
             improved = state.update(epoch, val["val_macro_auroc"])
@@ -682,10 +759,12 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
             }
             if d.main:
                 save_epoch(run, state, record, val, improved, writer)
+                # One line per epoch: with a timestamp where no bar is drawn (a Slurm log).
                 info(
-                    f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val['val_loss']:.4f}, "
-                    f"val macro AUROC {val['val_macro_auroc']:.4f}"
-                    f"{' (best)' if improved else ''}, {images_per_s:,.0f} img/s"
+                    f"{log_stamp()}epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}, "
+                    f"val loss {val['val_loss']:.4f}, val macro AUROC {val['val_macro_auroc']:.4f}"
+                    f"{' (best)' if improved else ''}, {time.perf_counter() - t0:.1f} s, "
+                    f"{images_per_s:,.0f} img/s"
                 )
             if cfg.patience and state.bad_epochs >= cfg.patience:
                 stopped_early = True
@@ -738,4 +817,7 @@ class _NoBar:
         return 0
 
     def update(self, *args, **kwargs) -> None:
+        return None
+
+    def advance(self, *args, **kwargs) -> None:
         return None

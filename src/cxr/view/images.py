@@ -37,10 +37,10 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def find_cache(data_root: Path, manifest_sha256: str | None, explicit: Path | None = None):
+def find_cache(data_root: Path, manifest: Path | None, explicit: Path | None = None):
     """The image cache to take thumbnails from: `explicit`, else the smallest
-    `<data root>/interim/cache-*` built from this manifest; None when there is none."""
-    from cxr.imaging.cache import load_cache
+    `<data root>/interim/cache-*` that holds this manifest's images; None when there is none."""
+    from cxr.imaging.cache import holds_manifest, load_cache
 
     if explicit is not None:
         return load_cache(explicit)
@@ -51,7 +51,7 @@ def find_cache(data_root: Path, manifest_sha256: str | None, explicit: Path | No
             cache = load_cache(d)
         except CxrError:
             continue
-        if manifest_sha256 is None or cache.meta.get("manifest_sha256") == manifest_sha256:
+        if manifest is None or holds_manifest(cache, manifest):
             found.append(cache)
     return min(found, key=lambda c: c.size) if found else None
 
