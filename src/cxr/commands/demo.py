@@ -12,14 +12,19 @@ HELP = "write a synthetic MIMIC-CXR-JPG tree in the real layout (no credentials 
 @dataclass(frozen=True)
 class DemoConfig:
     out: Path
-    n_patients: int = 120
+    n_patients: int = 160  # cxr.mimic.demo.DEFAULT_PATIENTS (not imported: parsing stays light)
     seed: int = 0
     image_size: int | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: <data root>/raw)")
-    parser.add_argument("--n-patients", type=int, default=120, help="patients (default: 120)")
+    parser.add_argument(
+        "--n-patients",
+        type=int,
+        default=DemoConfig.n_patients,
+        help=f"patients (default: {DemoConfig.n_patients})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--image-size",
@@ -33,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxr.core.paths import DataPaths, data_root
     from cxr.core.progress import bars_enabled, info
-    from cxr.mimic.demo import write_demo
+    from cxr.mimic.demo import MIMIC_IV_VERSION, write_demo
 
     out = Path(args.out) if args.out else DataPaths(data_root(args.data_dir)).raw
     cfg = DemoConfig(out, args.n_patients, args.seed, args.image_size)
@@ -52,4 +57,10 @@ def run(args: argparse.Namespace) -> int:
         f"{len(s.blank_label_studies)} with every label blank"
     )
     info(f"  {len(s.radiologist_labels)} test studies with radiologist labels")
+    info(f"  {len(s.negbio_labels)} studies with NegBio labels")
+    info(
+        f"  MIMIC-IV {MIMIC_IV_VERSION} demographics: "
+        f"{len(s.sexes) - len(s.absent_from_mimic_iv)} of {len(s.sexes)} patients "
+        f"({len(s.absent_from_mimic_iv)} absent), {s.admissions} admissions"
+    )
     return 0
