@@ -53,8 +53,10 @@ demo-train: $(STAMP)
 
 CHECKPOINT ?= models/demo/best.pt
 EVAL_OUT   ?= reports/demo
+SUBGROUPS  ?= sex,age_group,race_group,insurance,view_position
 evaluate: $(STAMP)
-	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT) --split test
+	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT) --split test \
+		$(if $(SUBGROUPS),--subgroups $(SUBGROUPS))
 
 # Real data (PhysioNet credentials in PHYSIONET_USERNAME / PHYSIONET_PASSWORD or ~/.netrc).
 download-metadata: $(STAMP)
