@@ -1,6 +1,6 @@
 """A synthetic MIMIC-CXR-JPG 2.0.0 tree in the real layout, with a learnable signal planted.
 
-`write_demo(out_dir, n_patients=120, seed=0)` writes, in `out_dir`:
+`write_demo(out_dir, n_patients=160, seed=0)` writes, in `out_dir`:
 
 - `mimic-cxr-2.0.0-{chexpert,split,metadata}.csv.gz`: the real columns in the real order, gzipped,
   values formatted as PhysioNet writes them (labels `1.0`/`0.0`/`-1.0`/empty, plain integer ids,
@@ -18,20 +18,35 @@
   as 0 or 1; No Finding recomputed by the rule below). Images and reports follow the CheXpert
   labels only, and its rows come from their own generator, so the rest of the tree is the same
   with or without it.
-- `SHA256SUMS.txt`: `<sha256> <relative path>` for the four CSVs and every JPEG, sorted bytewise.
+- `mimic-cxr-2.0.0-negbio.csv.gz`: the NegBio labeler's file, the chexpert file's schema and rows,
+  departing from the CheXpert labels in about 4% of the cells (`NEGBIO_CHANGES`: mostly around
+  uncertainty; No Finding recomputed), from its own generator.
+- `mimiciv/3.1/hosp/{patients,admissions}.csv.gz` (and that project's own `SHA256SUMS.txt` in
+  `mimiciv/3.1/`): MIMIC-IV's demographics in its real columns and value forms, from their own
+  generator: every patient's sex (drawn with the plan, balanced within each split), an anchor
+  age and year, 1-5 admissions around their studies whose race and insurance values vary between
+  admissions (mostly the patient's own group, sometimes an unknown value or another group's);
+  5% of the patients are absent from both files and 4% have no admission.
+- `SHA256SUMS.txt`: `<sha256> <relative path>` for MIMIC-CXR-JPG's five CSVs and every JPEG,
+  sorted bytewise.
 
-Default counts (n_patients=120, seed=0; `DemoSummary` holds the exact figures): 412 studies, 821
-images, 416 PA images; validate and test each have at least 63 PA studies (ceil(0.52 x
-n_patients)) and every label at least `MIN_POSITIVES` (10) positive PA studies in each of them
-(scaled down below 100 patients: n_patients // 20); the radiologist file has 32 studies. Patients have 1-4 studies, studies 1-4 images (PA + lateral, PA only, portable AP,
-AP + lateral, lateral only, a rare view now and then); about 4% of images have no ViewPosition, 60%
-of those keep a `ViewCodeSequence_CodeMeaning` that recovers the view.
+Default counts (n_patients=160, seed=0; `DemoSummary` holds the exact figures): 567 studies, 1,125
+images, 560 PA images; patients by split 72 / 32 / 56 (train / validate / test: 45%, 20%, 35%,
+at least one each); validate and test have 75 and 153 PA studies and every label at least
+`MIN_POSITIVES` (10) positive PA studies in each of them (scaled down below 100 patients:
+n_patients // 20); the radiologist file has 76 studies. Test patients have 2-5 studies, the
+others 1-4 (so the test split has several studies per patient, as MIMIC-CXR's does); studies have
+1-4 images (PA + lateral, PA only, portable AP, AP + lateral, lateral only, a rare view now and
+then); about 4% of images have no ViewPosition, 60% of those keep a `ViewCodeSequence_CodeMeaning`
+that recovers the view.
 
 Labels follow the real semantics (per study, 1/0/-1/blank, No Finding only 1 or blank and 1 exactly
 when no finding other than Support Devices is 1 or -1). Demo prevalences are much HIGHER than real
 (each finding is positive in 12-30% of abnormal studies, about 28% of studies are normal, 12% in the
-enriched test split) so that a demo-sized validate/test split has positives for every label. About
-1.5% of studies have no chexpert row (they are in split and metadata) and about 1.5% have a row
+enriched test split) so that a demo-sized validate/test split has positives for every label.
+Findings persist, as chronic findings do: each finding (and Support Devices) of a patient's later
+study keeps the previous study's value with probability `P_PERSIST` (0.7), else is drawn afresh.
+About 1.5% of studies have no chexpert row (they are in split and metadata) and about 1.5% have a row
 with every label blank (both taken from train, so validate/test keep their PA studies).
 
 Planted signatures (coordinates are fractions of the frontal image: y from the top, x from the
@@ -56,6 +71,13 @@ study (laterals and other views included, on a different background).
 | Pneumonia | cluster of 6 small bright blotches, left lower lung (y .62, x .30) |
 | Pneumothorax | dark crescent with a thin bright pleural line, right apex (y .14-.34, x .57-.83) |
 | Support Devices | very bright thin tube from the top edge down the midline to y .52 |
+
+The planted subgroup effect (`FAINT_LABELS`): on female patients' films, the Pleural Effusion and
+Lung Opacity signatures, both in the lower zones, are drawn at `FAINT_CONTRAST` (30%) of their
+contrast, as breast soft tissue lowers the conspicuity of lower-zone findings. A model trained on
+the demo detects them less well in women, so `cxr evaluate --subgroups sex` finds a real gap that
+has a known cause (on the default demo: Lung Opacity AUROC about 0.5 for women against 0.9 for
+men, Pleural Effusion about 0.83 against 1.0).
 
 Reports agree with the labels: each label at 1 is stated positively ("Moderate right pleural
 effusion."), at 0 negated ("No pneumothorax."), at -1 with uncertainty ("Possible early pneumonia
