@@ -3,8 +3,8 @@
 Order of events: load the checkpoint (model, labels, preprocessing); predict the validate split
 (it fixes each label's operating points, on CheXpert labels) and the evaluated split from the image
 cache; form the units (studies: mean of their images' probabilities; or images); build the targets
-under the protocol (blank negative, uncertain excluded or negative, CheXpert or radiologist
-labels), never under the checkpoint's training policy; score every label with intervals from one
+under the protocol (blank negative, uncertain excluded or negative, CheXpert, NegBio or
+radiologist labels), never under the checkpoint's training policy; score every label with intervals from one
 set of patient resamples; fingerprint the evaluated rows; with subgroups, score each subgroup from
 the same resamples (`cxr.evaluation.subgroups`). `write_evaluation` writes metrics.json
 and the predictions atomically; `cxr.evaluation.report` draws the figures and the HTML page.
@@ -216,6 +216,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     """Predict, score and collect the gallery; returns the Evaluation (nothing written yet)."""
     from cxr.core.hashing import file_sha256
     from cxr.core.paths import DataPaths
+    from cxr.evaluation.subgroups import resolve_attributes
     from cxr.inference.runtime import load_model, resolve_device
     from cxr.mimic.manifest import read_manifest
 
@@ -233,8 +234,6 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     labels = list(ckpt["labels"])
     manifest_path = Path(cfg.manifest or DataPaths(cfg.data_root).manifest)
     manifest = read_manifest(manifest_path)
-    from cxr.evaluation.subgroups import resolve_attributes
-
     cfg = dataclasses.replace(cfg, subgroups=resolve_attributes(cfg.subgroups, manifest.columns))
     check_sources(manifest, manifest_path, protocol, labels, cfg.subgroups)
     views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
