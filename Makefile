@@ -62,8 +62,10 @@ demo-train: $(STAMP)
 CHECKPOINT ?= $(shell cat $(LAST_RUN) 2>/dev/null || echo models/demo)/best.pt
 EVAL_OUT   ?= reports/$(notdir $(patsubst %/,%,$(dir $(CHECKPOINT))))
 SPLIT      ?= test
+SUBGROUPS  ?= sex,age_group,race_group,insurance,view_position
 evaluate: $(STAMP)
-	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT) --split $(SPLIT)
+	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT) --split $(SPLIT) \
+		$(if $(SUBGROUPS),--subgroups $(SUBGROUPS))
 
 # Real data, the data guide's order (PhysioNet credentials in PHYSIONET_USERNAME /
 # PHYSIONET_PASSWORD or ~/.netrc): the CSVs, the subset's manifest, its images and reports, the

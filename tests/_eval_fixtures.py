@@ -165,3 +165,50 @@ def write_radiologist_labels(fx: Fixture, seed: int = 1) -> pl.DataFrame:
         lines.append(",".join([str(r[0]), *(text(v) for v in r[1:])]))
     (fx.raw / RADIOLOGIST_CSV).write_text("\n".join(lines) + "\n")
     return written
+
+
+# The test split's patients in order of their subject ids get these sexes: 3 Female (shown at a
+# minimum cell of 3), 2 Male and 1 Unknown (suppressed).
+TEST_SEXES = ("Female", "Female", "Female", "Male", "Male", None)
+
+
+def write_variant(fx: Fixture, name: str, seed: int = 2) -> Path:
+    """A copy of the fixture manifest with the columns the optional sources add: demographics
+    (sex per TEST_SEXES in the test split, Female elsewhere; an age group) and NegBio labels
+    departing from the CheXpert ones in some cells, one test study without a NegBio row. It sits
+    in its own folder with a manifest.json that points at the same raw root, and is read with
+    --manifest (evaluation reads the cache by dicom_id, so the fixture's cache serves it)."""
+    from cxr.mimic.schema import NEGBIO_LABELLED, label_column
+
+    rng = np.random.default_rng(seed)
+    df = pl.read_parquet(fx.manifest)
+    test_subjects = sorted(df.filter(pl.col("split") == "test")["subject_id"].unique().to_list())
+    sexes = dict(zip(test_subjects, TEST_SEXES, strict=True))
+    df = df.with_columns(
+        pl.col("subject_id")
+        .replace_strict(sexes, default="Female", return_dtype=pl.String)
+        .alias("sex"),
+        pl.lit("60-80").alias("age_group"),
+    )
+    studies = df.select("study_id").unique().sort("study_id")["study_id"].to_list()
+    unlabelled = df.filter(pl.col("split") == "test")["study_id"].max()
+    columns = {}
+    for lab in LABELS:
+        values = df[lab].to_numpy().astype(np.float64)
+        per_study = {}
+        for sid in studies:
+            per_study[sid] = rng.random() < 0.25
+        flip = np.array([per_study[s] for s in df["study_id"].to_list()])
+        if lab != "No Finding":
+            values = np.where(flip, np.where(values == 1, 0.0, 1.0), values)
+        values[df["study_id"].to_numpy() == unlabelled] = np.nan
+        columns[label_column(lab, "negbio")] = pl.Series(values, dtype=pl.Float32)
+    df = df.with_columns(
+        (pl.col("study_id") != unlabelled).alias(NEGBIO_LABELLED),
+        *(s.alias(n) for n, s in columns.items()),
+    )
+    path = fx.root / name / "manifest.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(path)
+    (path.parent / "manifest.json").write_text(json.dumps({"raw_dir": str(fx.raw.resolve())}))
+    return path

@@ -35,6 +35,46 @@ def test_dataset_contract_and_no_subject_id(fixture):
     assert torch.equal(item["img"][0], torch.from_numpy(np.array(cache.images[row])))
 
 
+def test_negbio_label_source_reads_the_negbio_columns(fixture):
+    """label_source="negbio": the targets come from the negbio_<Label> columns; images of
+    studies without a NegBio row are left out and counted; the CheXpert columns are not read."""
+    import polars as pl
+
+    from cxr.mimic.schema import NEGBIO_LABELLED, label_column
+
+    manifest, cache_dir = fixture
+    df = read_manifest(manifest)
+    cache = open_cache(cache_dir, manifest)
+    train = df.filter(pl.col("split") == "train")
+    unlabelled = train["study_id"].sort()[0]
+    negbio = {
+        label_column(lab, "negbio"): pl.when(pl.col(lab) == 1.0).then(0.0).otherwise(1.0)
+        for lab in LABELS
+    }
+    df = df.with_columns(
+        (pl.col("study_id") != unlabelled).alias(NEGBIO_LABELLED),
+        *(expr.cast(pl.Float32).alias(name) for name, expr in negbio.items()),
+    )
+    with pytest.raises(CxrError, match="no NegBio labels"):
+        CxrDataset(df.drop(NEGBIO_LABELLED), cache, "train", LABELS, LabelPolicy(), "negbio")
+    ds = CxrDataset(df, cache, "train", LABELS, LabelPolicy(), "negbio")
+    chex = CxrDataset(df, cache, "train", LABELS, LabelPolicy())
+    assert ds.n_unlabelled == train.filter(pl.col("study_id") == unlabelled).height > 0
+    assert unlabelled not in ds.study_ids.tolist() and chex.n_unlabelled == 0
+    kept = {d: i for i, d in enumerate(chex.dicom_ids)}
+    for i, dicom in enumerate(ds.dicom_ids):  # the NegBio values are the flipped CheXpert ones
+        raw = chex.raw_labels[kept[dicom]]
+        assert np.array_equal(ds.raw_labels[i], np.where(raw == 1.0, 0.0, 1.0))
+
+
+def test_label_source_is_checked_with_the_other_config_values():
+    assert load_train_config(overrides=["label_source=negbio"]).label_source == "negbio"
+    with pytest.raises(
+        CxrError, match="label_source='radiologist': must be one of chexpert, negbio"
+    ):
+        load_train_config(overrides=["label_source=radiologist"])
+
+
 def test_batch_gather_equals_items(fixture):
     manifest, cache_dir = fixture
     ds = CxrDataset(read_manifest(manifest), open_cache(cache_dir), "train", LABELS, LabelPolicy())

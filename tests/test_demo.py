@@ -6,6 +6,7 @@ import csv
 import gzip
 import hashlib
 import io
+import itertools
 import math
 import re
 import subprocess
@@ -20,8 +21,12 @@ from PIL import Image
 from cxr.core.errors import CxrError
 from cxr.mimic import schema
 from cxr.mimic.demo import (
+    ADMISSIONS_COLUMNS,
+    DEFAULT_PATIENTS,
+    FAINT_LABELS,
     LABEL_KEYWORDS,
     MIN_POSITIVES,
+    PATIENTS_COLUMNS,
     PHRASES,
     RADIOLOGIST_COLUMNS,
     _geometry,
@@ -180,7 +185,7 @@ def test_label_semantics(tables, demo_summary):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_default_size_guarantees_usable_pa_splits(seed):
-    studies = _plan(seed, 120)
+    studies = _plan(seed, DEFAULT_PATIENTS)
     for split in ("validate", "test"):
         pa = [
             s
@@ -191,7 +196,53 @@ def test_default_size_guarantees_usable_pa_splits(seed):
         for name in schema.LABELS:
             assert sum(s.labels[name] == 1.0 for s in pa) >= MIN_POSITIVES >= 10, (split, name)
     pa_images = sum(i.view_position == "PA" for s in studies for i in s.images)
-    assert pa_images >= 380
+    assert pa_images >= 500
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_test_split_has_fifty_patients_with_several_studies(seed):
+    """Enough patients for subgroup cells of 20 (both sexes balanced), several studies each so
+    patient and study intervals differ as they do on MIMIC-CXR's test split."""
+    studies = _plan(seed, DEFAULT_PATIENTS)
+    per_patient: dict[int, list] = defaultdict(list)
+    for s in studies:
+        if s.split == "test":
+            per_patient[s.subject_id].append(s)
+    assert len(per_patient) >= 50
+    assert all(len(v) >= 2 for v in per_patient.values())
+    assert np.mean([len(v) for v in per_patient.values()]) >= 3
+    sexes = Counter(v[0].sex for v in per_patient.values())
+    assert set(sexes) == {"F", "M"} and min(sexes.values()) >= 25
+
+
+def test_findings_persist_across_a_patients_studies():
+    studies = _plan(0, DEFAULT_PATIENTS)
+    findings = [n for n in schema.LABELS if n not in (schema.NO_FINDING, schema.SUPPORT_DEVICES)]
+
+    def positive(s) -> np.ndarray:
+        return np.array([s.labels[n] == 1.0 for n in findings])
+
+    by_patient: dict[int, list] = defaultdict(list)
+    for s in studies:
+        by_patient[s.subject_id].append(s)
+    consecutive = [
+        (positive(a), positive(b))
+        for own in by_patient.values()
+        for a, b in itertools.pairwise(own)
+    ]
+    rng = np.random.default_rng(0)
+    others = [
+        (positive(studies[int(i)]), positive(studies[int(j)]))
+        for i, j in rng.integers(len(studies), size=(2000, 2))
+        if studies[int(i)].subject_id != studies[int(j)].subject_id
+    ]
+
+    def kept(pairs) -> float:
+        # P(a finding positive in one study is positive in the other)
+        both = sum((a & b).sum() for a, b in pairs)
+        return both / sum(a.sum() for a, _ in pairs)
+
+    assert kept(consecutive) > kept(others) + 0.3, (kept(consecutive), kept(others))
 
 
 def _report_files(demo_raw: Path, meta) -> dict[int, Path]:
@@ -268,8 +319,9 @@ def test_sha256sums(demo_raw):
     paths = [ln.split(" ", 1)[1] for ln in lines]
     assert paths == sorted(paths, key=lambda p: p.encode())
     jpegs = {p.relative_to(demo_raw).as_posix() for p in (demo_raw / "files").rglob("*.jpg")}
-    csvs = {f"{c}.gz" for c in schema.REQUIRED_CSVS} | {schema.RADIOLOGIST_CSV}
-    assert set(paths) == jpegs | csvs
+    csvs = {f"{c}.gz" for c in (*schema.REQUIRED_CSVS, schema.NEGBIO_CSV)}
+    csvs |= {schema.RADIOLOGIST_CSV}
+    assert set(paths) == jpegs | csvs  # MIMIC-IV's files have their own listing
     for ln in lines:
         digest, rel = ln.split(" ", 1)
         assert re.fullmatch(r"[0-9a-f]{64}", digest)
@@ -368,6 +420,7 @@ def test_cli_demo_prints_summary_without_subject_ids(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "validate" in proc.stdout and "views" in proc.stdout
     assert "test studies with radiologist labels" in proc.stdout
+    assert "studies with NegBio labels" in proc.stdout and "MIMIC-IV 3.1" in proc.stdout
     raw = data / "raw"
     _, meta = read_gz_csv(raw / f"{schema.METADATA_CSV}.gz")
     for subject in {r["subject_id"] for r in meta}:
@@ -480,3 +533,107 @@ def test_default_demo_has_ten_positive_pa_studies_per_label_in_test(default_tabl
         for name in schema.LABELS:
             positives = sum(labels[s][name] == "1.0" for s in pa[split] if s in labels)
             assert positives >= 10, (split, name, positives)
+
+
+# ------------------------------------------------------------------- NegBio and MIMIC-IV
+
+
+def test_negbio_file_as_physionet_ships_it(demo_raw, tables, demo_summary):
+    header, rows = read_gz_csv(demo_raw / f"{schema.NEGBIO_CSV}.gz")
+    assert header == list(schema.CHEXPERT_COLUMNS)  # the chexpert file's schema
+    chexpert = {(r["subject_id"], r["study_id"]): r for r in tables["chexpert"][1]}
+    assert {(r["subject_id"], r["study_id"]) for r in rows} == set(chexpert)
+    findings = [n for n in schema.LABELS if n not in (schema.NO_FINDING, schema.SUPPORT_DEVICES)]
+    differ = cells = 0
+    for r in rows:
+        assert all(r[n] in LABEL_TEXT for n in schema.LABELS)
+        abnormal = any(r[n] in {"1.0", "-1.0"} for n in findings)
+        if any(r[n] for n in schema.LABELS):
+            assert r[schema.NO_FINDING] == ("" if abnormal else "1.0")
+        theirs = chexpert[(r["subject_id"], r["study_id"])]
+        cells += len(schema.LABELS)
+        differ += sum(r[n] != theirs[n] for n in schema.LABELS)
+        want = demo_summary.negbio_labels[int(r["study_id"])]
+        for n in schema.LABELS:
+            assert r[n] == ("" if math.isnan(want[n]) else repr(want[n])), (r["study_id"], n)
+    assert 0.01 <= differ / cells <= 0.08, (differ, cells)  # a few percent
+
+
+def _iv_tables(raw: Path):
+    hosp = raw / "mimiciv" / "3.1" / "hosp"
+    return read_gz_csv(hosp / "patients.csv.gz"), read_gz_csv(hosp / "admissions.csv.gz")
+
+
+def test_mimic_iv_tables_in_the_real_layout_and_forms(demo_raw, tables, demo_summary):
+    (p_header, patients), (a_header, admissions) = _iv_tables(demo_raw)
+    assert (
+        p_header
+        == list(PATIENTS_COLUMNS)
+        == [
+            "subject_id",
+            "gender",
+            "anchor_age",
+            "anchor_year",
+            "anchor_year_group",
+            "dod",
+        ]
+    )
+    assert a_header == list(ADMISSIONS_COLUMNS) and "race" in a_header
+    demo_subjects = {r["subject_id"] for r in tables["split"][1]}
+    listed = {r["subject_id"] for r in patients}
+    assert listed < demo_subjects  # some patients are missing from MIMIC-IV
+    assert demo_subjects - listed == {str(s) for s in demo_summary.absent_from_mimic_iv}
+    for r in patients:
+        assert r["gender"] == demo_summary.sexes[int(r["subject_id"])]
+        assert 18 <= int(r["anchor_age"]) <= 91 and re.fullmatch(r"2[12]\d\d", r["anchor_year"])
+        assert re.fullmatch(r"20\d\d - 20\d\d", r["anchor_year_group"])
+        assert r["dod"] == "" or re.fullmatch(r"2[12]\d\d-\d\d-\d\d", r["dod"])
+    when = re.compile(r"2[12]\d\d-\d\d-\d\d \d\d:\d\d:00")
+    hadm = [r["hadm_id"] for r in admissions]
+    assert len(set(hadm)) == len(hadm) and all(re.fullmatch(r"2\d{7}", h) for h in hadm)
+    per_patient: dict[str, list] = defaultdict(list)
+    for r in admissions:
+        assert when.fullmatch(r["admittime"]) and when.fullmatch(r["dischtime"])
+        assert r["dischtime"] > r["admittime"]
+        assert r["subject_id"] in listed
+        per_patient[r["subject_id"]].append(r)
+    assert listed - set(per_patient)  # someone in patients has no admission
+    assert max(len(v) for v in per_patient.values()) >= 3
+    varying = [v for v in per_patient.values() if len({a["race"] for a in v}) > 1]
+    assert varying and any(len({a["insurance"] for a in v}) > 1 for v in per_patient.values())
+    races = {r["race"] for r in admissions}
+    assert {"WHITE", "BLACK/AFRICAN AMERICAN"} <= races and races & {"UNKNOWN", "UNABLE TO OBTAIN"}
+    assert {r["insurance"] for r in admissions} <= {
+        "Medicare",
+        "Medicaid",
+        "Private",
+        "Other",
+        "No charge",
+        "",
+    }
+    sums = (demo_raw / "mimiciv" / "3.1" / schema.SHA256SUMS).read_text().splitlines()
+    for line in sums:
+        digest, rel = line.split(" ", 1)
+        data = (demo_raw / "mimiciv" / "3.1" / rel).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest
+    assert sorted(line.split(" ", 1)[1] for line in sums) == [
+        "hosp/admissions.csv.gz",
+        "hosp/patients.csv.gz",
+    ]
+
+
+def test_planted_subgroup_effect_is_fainter_on_womens_films(demo_raw, tables, demo_summary):
+    """Pleural Effusion's signature (lower left of the image) is weaker for female patients."""
+    assert FAINT_LABELS == {"F": ("Pleural Effusion", "Lung Opacity")}
+    sex_of = {
+        int(r["study_id"]): demo_summary.sexes[int(r["subject_id"])] for r in tables["split"][1]
+    }
+    means = _pa_means(demo_raw, tables, (0.66, 0.74, 0.2, 0.4))
+    contrast = {}
+    for sex in ("F", "M"):
+        mine = [(m, r) for m, r in means if sex_of[int(r["study_id"])] == sex]
+        pos = [m for m, r in mine if r["Pleural Effusion"] == "1.0"]
+        neg = [m for m, r in mine if r["Pleural Effusion"] in ("0.0", "")]
+        assert len(pos) >= 3 and len(neg) >= 3
+        contrast[sex] = np.mean(pos) - np.mean(neg)
+    assert contrast["M"] > 15 and contrast["F"] < 0.6 * contrast["M"], contrast

@@ -965,3 +965,111 @@ def test_the_demo_tree_is_refused(server, tree, tmp_path, capsys, make_demo):
         assert "cxr demo" in line and "--dest" in line and str(dest) in line
     assert server.log == []
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- MIMIC-IV demographics
+
+
+def _mimic_iv_tree(module: str = "hosp") -> dict[str, bytes]:
+    """A MIMIC-IV file root: the two tables under `module`, and files the command never takes."""
+    return {
+        f"{module}/patients.csv.gz": gzip.compress(b"subject_id,gender\n10000032,F\n", mtime=0),
+        f"{module}/admissions.csv.gz": gzip.compress(b"subject_id,race\n10000032,WHITE\n", mtime=0),
+        f"{module}/labevents.csv.gz": b"not wanted",
+        "icu/icustays.csv.gz": b"not wanted either",
+        "LICENSE.txt": b"license",
+    }
+
+
+def test_demographics_fetch_the_two_tables_verified_into_mimiciv_hosp(tree, tmp_path, capsys):
+    jpg, reports, _ = tree
+    iv = _mimic_iv_tree()
+    fake = FakePhysioNet(jpg, reports, more={"/iv31/": iv})
+    fake.start()
+    try:
+        base = fake.url("/iv31/")
+        assert cli(tmp_path, "demographics", "--base-url", base) == 0
+        dest = tmp_path / "raw" / "mimiciv" / "3.1"
+        for name in ("hosp/patients.csv.gz", "hosp/admissions.csv.gz"):
+            assert (dest / name).read_bytes() == iv[name]
+        assert (dest / schema.SHA256SUMS).is_file()
+        assert fake.log[0][0] == "/iv31/SHA256SUMS.txt"  # the listing first, then only the two
+        assert sorted(p for p, _ in fake.log[1:]) == [
+            "/iv31/hosp/admissions.csv.gz",
+            "/iv31/hosp/patients.csv.gz",
+        ]
+        out = capsys.readouterr()
+        assert "fetched 2 files" in out.out and "refused" not in out.err  # icu/, LICENSE: fine
+        fake.log.clear()
+        assert cli(tmp_path, "demographics", "--base-url", base) == 0
+        assert fake.log == [("/iv31/SHA256SUMS.txt", None)]  # present and right: not again
+        # a tampered table is caught by the checksum like any file
+        fake.files["/iv31/hosp/patients.csv.gz"] = b"forged"
+        (dest / "hosp" / "patients.csv.gz").unlink()
+        assert cli(tmp_path, "demographics", "--base-url", base) == 1
+        assert "checksum mismatch" in capsys.readouterr().err
+        assert_no_secret(tmp_path)
+    finally:
+        fake.stop()
+
+
+def test_demographics_of_mimic_iv_1_0_come_from_core_and_land_in_hosp(tree, tmp_path):
+    jpg, reports, _ = tree
+    iv = _mimic_iv_tree("core")
+    fake = FakePhysioNet(jpg, reports, more={"/iv10/": iv})
+    fake.start()
+    try:
+        args = ("demographics", "--mimic-iv-version", "1.0", "--base-url", fake.url("/iv10/"))
+        assert cli(tmp_path, *args) == 0
+        dest = tmp_path / "raw" / "mimiciv" / "1.0" / "hosp"
+        assert (dest / "patients.csv.gz").read_bytes() == iv["core/patients.csv.gz"]
+        assert (dest / "admissions.csv.gz").read_bytes() == iv["core/admissions.csv.gz"]
+    finally:
+        fake.stop()
+
+
+def test_demographics_403_names_mimic_iv_and_its_agreement(tree, tmp_path, capsys):
+    jpg, reports, _ = tree
+    fake = FakePhysioNet(jpg, reports, more={"/iv31/": _mimic_iv_tree()})
+    fake.deny["/iv31/"] = 403
+    fake.start()
+    try:
+        assert cli(tmp_path, "demographics", "--base-url", fake.url("/iv31/")) == 1
+        line = _one_line(capsys.readouterr().err)
+        assert "MIMIC-IV" in line and "https://physionet.org/content/mimiciv/3.1/" in line
+        assert PASSWORD not in line
+    finally:
+        fake.stop()
+
+
+def test_demographics_table_missing_from_the_listing_is_reported(tree, tmp_path, capsys):
+    jpg, reports, _ = tree
+    iv = {k: v for k, v in _mimic_iv_tree().items() if "admissions" not in k}
+    fake = FakePhysioNet(jpg, reports, more={"/iv31/": iv})
+    fake.start()
+    try:
+        assert cli(tmp_path, "demographics", "--base-url", fake.url("/iv31/")) == 1
+        err = capsys.readouterr().err
+        assert "hosp/admissions.csv.gz is not listed in SHA256SUMS.txt" in err
+    finally:
+        fake.stop()
+
+
+def test_demographics_refuse_the_demo_tree_and_unknown_versions(
+    server, tmp_path, capsys, make_demo
+):
+    from cxr.mimic.download import demographics_files, mimic_iv_base_url
+
+    dest = tmp_path / "raw"
+    make_demo(dest, n_patients=3, image_size=32)
+    assert cli(tmp_path, "demographics", "--base-url", server.url("/jpg/")) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "cxr demo" in line and "--dest" in line
+    assert server.log == []
+    with pytest.raises(SystemExit):
+        cli(tmp_path, "demographics", "--mimic-iv-version", "9.9")
+    assert mimic_iv_base_url("2.2") == "https://physionet.org/files/mimiciv/2.2/"
+    assert demographics_files("3.1") == (
+        ("hosp/patients.csv.gz", "hosp/patients.csv.gz"),
+        ("hosp/admissions.csv.gz", "hosp/admissions.csv.gz"),
+    )

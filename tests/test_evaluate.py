@@ -13,7 +13,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _eval_fixtures import make_checkpoint, make_data, write_radiologist_labels
+from _eval_fixtures import (
+    TEST_SEXES,
+    make_checkpoint,
+    make_data,
+    write_radiologist_labels,
+    write_variant,
+)
 from cxr.cli import main
 from cxr.mimic.schema import LABELS
 
@@ -244,6 +250,122 @@ def test_radiologist_labels_need_the_file_and_the_test_split(evaluated, tmp_path
     assert _run_eval(fx, tmp_path / "x", "--labels", "radiologist") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--split test" in err
+
+
+def test_subgroups_in_every_output_small_cells_suppressed(evaluated, tmp_path, capsys):
+    fx, _ = evaluated
+    manifest = write_variant(fx, "variant")
+    out = tmp_path / "sg"
+    code = _run_eval(
+        fx,
+        out,
+        "--split",
+        "test",
+        "--manifest",
+        str(manifest),
+        "--subgroups",
+        "sex,age_group,view_position",
+        "--min-cell",
+        "3",
+        quiet=False,
+    )
+    assert code == 0
+    m = _metrics(out)
+    assert list(m["subgroups"]) == ["sex", "age_group", "view_position"]
+    sex = m["subgroups"]["sex"]
+    assert list(sex) == ["Female", "Male", "Unknown"]
+    assert (
+        sex["Female"]["patients"] == TEST_SEXES.count("Female") and not sex["Female"]["suppressed"]
+    )
+    for value in ("Male", "Unknown"):  # 2 and 1 patients, under 3
+        assert sex[value] == {
+            "patients": None,
+            "studies": None,
+            "suppressed": True,
+            "underdiagnosis": None,
+            "labels": None,
+        }
+    female = sex["Female"]
+    assert set(female) == {"patients", "studies", "suppressed", "underdiagnosis", "labels"}
+    assert set(female["underdiagnosis"]) == {"rate", "ci"}
+    assert list(female["labels"]) == list(LABELS)
+    for fig in female["labels"].values():
+        assert set(fig) == {"auroc", "auroc_ci", "tpr", "fpr"}
+    # every patient is in the one age group and the one view: both equal the whole split
+    whole = m["subgroups"]["view_position"]["PA"]
+    assert whole["patients"] == m["counts"]["test"]["patients"]
+    assert whole["studies"] == m["counts"]["test"]["studies"]
+    for label in LABELS:
+        assert whole["labels"][label]["auroc"] == m[label]["auroc"]
+        assert whole["labels"][label]["tpr"] == m[label]["sensitivity"]
+    assert m["subgroup_options"]["min_cell"] == 3
+    assert m["subgroup_gaps"]["sex"] == {"underdiagnosis": None, "auroc": {}}  # one shown value
+    printed = capsys.readouterr().out
+    assert "Male" in printed and "suppressed (fewer than 3 patients)" in printed
+    page = (out / "report.html").read_text()
+    assert "Subgroups: who does the model fail?" in page
+    assert page.count('<tr class="suppressed">') == 2
+    assert "AP films are mostly portable films" in page  # the view caveat
+    for name in ("underdiagnosis", "subgroups_sex", "subgroups_age_group"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    # demographic columns never reach the predictions
+    for name in ("predictions.csv", "predictions_study.csv"):
+        assert "sex" not in pl.read_csv(out / name).columns
+
+
+def test_subgroups_need_the_demographic_columns(evaluated, tmp_path, capsys):
+    fx, _ = evaluated
+    assert _run_eval(fx, tmp_path / "x", "--subgroups", "sex") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cxr download demographics" in err
+    assert _run_eval(fx, tmp_path / "x", "--subgroups", "sex,gender") == 1
+    assert "unknown attribute 'gender'" in capsys.readouterr().err
+    assert _run_eval(fx, tmp_path / "x", "--min-cell", "0") == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    # "all": the attributes the manifest has (here only the view)
+    assert _run_eval(fx, tmp_path / "all", "--subgroups", "all", "--bootstrap", "0") == 0
+    assert list(_metrics(tmp_path / "all")["subgroups"]) == ["view_position"]
+
+
+def test_negbio_labels_are_a_protocol_with_their_own_fingerprint(evaluated, tmp_path):
+    from cxr.mimic.schema import NEGBIO_LABELLED, label_column
+
+    fx, _ = evaluated
+    manifest = write_variant(fx, "variant-nb")
+    common = ("--split", "test", "--manifest", str(manifest))
+    assert _run_eval(fx, tmp_path / "chexpert", *common) == 0
+    assert _run_eval(fx, tmp_path / "negbio", *common, "--labels", "negbio") == 0
+    a, b = _metrics(tmp_path / "chexpert"), _metrics(tmp_path / "negbio")
+    assert b["protocol"]["labels"] == "negbio"
+    assert b["protocol"]["thresholds_from"] == "validate split, NegBio labels"
+    assert a["rows_fingerprint"] != b["rows_fingerprint"]
+    # the studies scored: those with a NegBio row, against their NegBio values
+    studies = _test_studies(fx).join(
+        pl.read_parquet(manifest).select("study_id", pl.col("^negbio_.*$")).unique("study_id"),
+        on="study_id",
+    )
+    covered = studies.filter(pl.col(NEGBIO_LABELLED))
+    assert covered.height == studies.height - 1
+    assert b["counts"]["test"]["studies"] == covered.height
+    for label in LABELS:
+        raw = covered[label_column(label, "negbio")].to_numpy()
+        assert b[label]["n_pos"] == int((raw == 1).sum()), label
+    # thresholds chosen on validate's NegBio labels, not its CheXpert ones
+    thresholds = [
+        (a[lab]["threshold"], b[lab]["threshold"]) for lab in LABELS if lab != "No Finding"
+    ]
+    assert any(x != y for x, y in thresholds)
+    # compare refuses the two (different protocols), naming the label source
+    from cxr.cli import main as cli_main
+
+    assert cli_main(["compare", str(tmp_path / "chexpert"), str(tmp_path / "negbio")]) == 1
+
+
+def test_negbio_labels_need_the_columns(evaluated, tmp_path, capsys):
+    fx, _ = evaluated
+    assert _run_eval(fx, tmp_path / "x", "--labels", "negbio") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no NegBio labels" in err and "cxr manifest" in err
 
 
 @pytest.mark.slow

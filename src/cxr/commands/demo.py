@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+DEMO_PATIENTS = 160  # cxr.mimic.demo.DEFAULT_PATIENTS (not imported: parsing stays light)
 HELP = "write a synthetic MIMIC-CXR-JPG tree in the real layout (no credentials needed)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: <data root>/raw)")
-    parser.add_argument("--n-patients", type=int, default=120, help="patients (default: 120)")
+    parser.add_argument(
+        "--n-patients",
+        type=int,
+        default=DEMO_PATIENTS,
+        help=f"patients (default: {DEMO_PATIENTS})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--image-size",
@@ -23,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr.core.progress import bars_enabled, info
-    from cxr.mimic.demo import write_demo
+    from cxr.mimic.demo import MIMIC_IV_VERSION, write_demo
 
     out = Path(args.out) if args.out else args.paths.raw
     s = write_demo(out, args.n_patients, args.seed, args.image_size, progress=bars_enabled())
@@ -41,4 +47,10 @@ def run(args: argparse.Namespace) -> int:
         f"{len(s.blank_label_studies)} with every label blank"
     )
     info(f"  {len(s.radiologist_labels)} test studies with radiologist labels")
+    info(f"  {len(s.negbio_labels)} studies with NegBio labels")
+    info(
+        f"  MIMIC-IV {MIMIC_IV_VERSION} demographics: "
+        f"{len(s.sexes) - len(s.absent_from_mimic_iv)} of {len(s.sexes)} patients "
+        f"({len(s.absent_from_mimic_iv)} absent), {s.admissions} admissions"
+    )
     return 0

@@ -1,32 +1,19 @@
-"""`cxr download metadata` and `cxr download subset`: PhysioNet to data/raw, verified."""
+"""`cxr download metadata`, `subset` and `demographics`: PhysioNet to data/raw, verified."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "download from PhysioNet: the metadata CSVs, then only the manifest's images and reports"
+HELP = (
+    "download from PhysioNet: the metadata CSVs, then only the manifest's images and reports; "
+    "MIMIC-IV demographics"
+)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    from cxr.mimic import schema
-    from cxr.mimic.download import VERSIONS, jpg_base_url
-
+def _network(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dest", type=Path, default=None, help="raw root to fill (default: <data root>/raw)"
-    )
-    p.add_argument(
-        "--version",
-        dest="dataset_version",
-        choices=VERSIONS,
-        default=schema.VERSION,
-        help=f"MIMIC-CXR-JPG version (default: {schema.VERSION}; {schema.RADIOLOGIST_VERSION} "
-        "adds the radiologist-labelled test set to the metadata; images are the same)",
-    )
-    p.add_argument(
-        "--base-url",
-        default=None,
-        help=f"MIMIC-CXR-JPG base URL (default: {jpg_base_url('VERSION')} of --version)",
     )
     p.add_argument(
         "--retries",
@@ -39,6 +26,26 @@ def _common(p: argparse.ArgumentParser) -> None:
         type=float,
         default=60.0,
         help="seconds to wait for the server's next bytes before retrying (default: 60)",
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from cxr.mimic import schema
+    from cxr.mimic.download import VERSIONS, jpg_base_url
+
+    _network(p)
+    p.add_argument(
+        "--version",
+        dest="dataset_version",
+        choices=VERSIONS,
+        default=schema.VERSION,
+        help=f"MIMIC-CXR-JPG version (default: {schema.VERSION}; {schema.RADIOLOGIST_VERSION} "
+        "adds the radiologist-labelled test set to the metadata; images are the same)",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help=f"MIMIC-CXR-JPG base URL (default: {jpg_base_url('VERSION')} of --version)",
     )
 
 
@@ -77,21 +84,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     subset.add_argument(
         "--no-reports", action="store_true", help="images only (no MIMIC-CXR access needed)"
     )
+    from cxr.mimic.download import mimic_iv_base_url
+    from cxr.mimic.schema import MIMIC_IV_DEFAULT, MIMIC_IV_VERSIONS
+
+    demo = sub.add_parser(
+        "demographics",
+        help="MIMIC-IV's patients and admissions tables (sex, age, race, insurance), verified",
+        description="Fetch MIMIC-IV's SHA256SUMS.txt, then hosp/patients.csv.gz and "
+        "hosp/admissions.csv.gz, each verified against it, into <dest>/mimiciv/<version>/hosp/. "
+        "MIMIC-IV is its own PhysioNet project with its own data use agreement.",
+    )
+    _network(demo)
+    demo.add_argument(
+        "--mimic-iv-version",
+        choices=MIMIC_IV_VERSIONS,
+        default=MIMIC_IV_DEFAULT,
+        help=f"MIMIC-IV version (default: {MIMIC_IV_DEFAULT}; 1.0 keeps the tables in core/, "
+        "written to hosp/ all the same)",
+    )
+    demo.add_argument(
+        "--base-url",
+        default=None,
+        help=f"MIMIC-IV base URL (default: {mimic_iv_base_url('VERSION')} of --mimic-iv-version)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from cxr.core.errors import CxrError
-    from cxr.core.progress import err_console, info
     from cxr.mimic.download import (
         DownloadConfig,
+        download_demographics,
         download_metadata,
         download_subset,
-        format_summary,
     )
 
     paths = args.paths
     if args.retries < 0 or args.timeout <= 0:
         raise CxrError("--retries must be >= 0 and --timeout > 0")
+    if args.download_command == "demographics":
+        cfg = DownloadConfig(
+            dest=args.dest or paths.raw,
+            mimic_iv_version=args.mimic_iv_version,
+            mimic_iv_base_url=args.base_url,
+            retries=args.retries,
+            read_timeout_s=args.timeout,
+        )
+        return _report(download_demographics(cfg))
     options = dict(
         dest=args.dest or paths.raw,
         version=args.dataset_version,
@@ -112,6 +150,13 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
         summary = download_subset(cfg)
+    return _report(summary)
+
+
+def _report(summary) -> int:
+    from cxr.core.progress import err_console, info
+    from cxr.mimic.download import format_summary
+
     out, err = format_summary(summary)
     for line in out:
         info(line)

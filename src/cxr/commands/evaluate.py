@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
         default="chexpert",
-        choices=("chexpert", "radiologist"),
-        help="targets: the CheXpert labeler's (default) or the 2.1.0 radiologists' (test split)",
+        choices=("chexpert", "negbio", "radiologist"),
+        help="targets: the CheXpert labeler's (default), the NegBio labeler's, or the 2.1.0 "
+        "radiologists' (test split)",
     )
     parser.add_argument(
         "--min-positives",
@@ -64,6 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="image cache (default: the run's; with --data-dir, <data root>/interim/cache-<size>)",
     )
+    parser.add_argument(
+        "--subgroups",
+        default="",
+        metavar="ATTRS",
+        help="figures per subgroup of these comma-separated attributes: sex, age_group, "
+        "race_group, insurance, view_position (or all)",
+    )
+    parser.add_argument(
+        "--min-cell",
+        type=int,
+        default=20,
+        help="patients a subgroup needs to be shown; smaller ones are suppressed (default 20)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda or cuda:N"
@@ -81,9 +95,14 @@ def run(args: argparse.Namespace) -> int:
         table_lines,
         write_report,
     )
+    from cxr.evaluation.subgroup_report import subgroup_lines
+    from cxr.evaluation.subgroups import parse_attributes
 
     if args.bootstrap < 0 or args.batch_size < 1 or args.min_positives < 0:
         raise CxrError("--bootstrap and --min-positives must be >= 0 and --batch-size >= 1")
+    if args.min_cell < 1:
+        raise CxrError(f"--min-cell must be at least 1, got {args.min_cell}")
+    subgroups = parse_attributes(args.subgroups)  # names checked here, "all" in evaluate()
     cfg = EvaluateConfig(
         checkpoint=args.checkpoint,
         split=args.split,
@@ -91,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         uncertain=args.uncertain,
         labels=args.labels,
         min_positives=args.min_positives,
+        subgroups=subgroups,
+        min_cell=args.min_cell,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         out=args.out,
@@ -130,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if metrics.get("note"):
             out.print(metrics["note"])
+        for line in subgroup_lines(metrics):
+            out.print(line, markup=False, highlight=False)
         out.print(f"report: {page}")
     return 0
 

@@ -3,13 +3,16 @@
 Order of events: load the checkpoint (model, labels, preprocessing); predict the validate split
 (it fixes each label's operating points, on CheXpert labels) and the evaluated split from the image
 cache; form the units (studies: mean of their images' probabilities; or images); build the targets
-under the protocol (blank negative, uncertain excluded or negative, CheXpert or radiologist
-labels), never under the checkpoint's training policy; score every label with intervals from one
-set of patient resamples; fingerprint the evaluated rows. `write_evaluation` writes metrics.json
+under the protocol (blank negative, uncertain excluded or negative, CheXpert, NegBio or
+radiologist labels), never under the checkpoint's training policy; score every label with intervals from one
+set of patient resamples; fingerprint the evaluated rows; with subgroups, score each subgroup from
+the same resamples (`cxr.evaluation.subgroups`). `write_evaluation` writes metrics.json
 and the predictions atomically; `cxr.evaluation.report` draws the figures and the HTML page.
 
 Outputs identify images by `dicom_id` and studies by `study_id`, never by `subject_id`: patients
-are used in memory to resample, and leave only as counts.
+are used in memory to resample, and leave only as counts. The manifest's demographic columns are
+read in memory to form subgroups and leave only as aggregates over cells of at least `min_cell`
+patients.
 """
 
 from __future__ import annotations
@@ -57,8 +60,10 @@ class EvaluateConfig:
     split: str = "validate"
     level: str = "study"  # "study" or "image"
     uncertain: str = "exclude"  # or "negative"
-    labels: str = "chexpert"  # or "radiologist"
+    labels: str = "chexpert"  # or "negbio", "radiologist"
     min_positives: int = 10
+    subgroups: tuple[str, ...] = ()  # attributes of cxr.evaluation.subgroups.ATTRIBUTES
+    min_cell: int = 20  # patients a subgroup needs to be shown
     n_bootstrap: int = 1000
     seed: int = 0
     out: Path | None = None  # default: reports/<checkpoint's run directory name>
@@ -218,6 +223,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     """Predict, score and collect the gallery; returns the Evaluation (nothing written yet)."""
     from cxr.core.hashing import file_sha256
     from cxr.core.paths import DataPaths
+    from cxr.evaluation.subgroups import resolve_attributes
     from cxr.inference.runtime import load_model, resolve_device
     from cxr.mimic.manifest import read_manifest
     from cxr.mimic.synthetic import manifest_is_demo
@@ -228,6 +234,8 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     )
     if cfg.min_positives < 0:
         raise CxrError(f"--min-positives must be >= 0, got {cfg.min_positives}")
+    if cfg.min_cell < 1:
+        raise CxrError(f"--min-cell must be at least 1, got {cfg.min_cell}")
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, device=str(device))
     model, ckpt, pre = load_model(cfg.checkpoint, cfg.device)
@@ -238,6 +246,8 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         )
     )
     manifest = read_manifest(manifest_path)
+    cfg = dataclasses.replace(cfg, subgroups=resolve_attributes(cfg.subgroups, manifest.columns))
+    check_sources(manifest, manifest_path, protocol, labels, cfg.subgroups)
     views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
     protocol = dataclasses.replace(protocol, views=views)
     radiologist = (
@@ -269,6 +279,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         "epoch": ckpt.get("epoch"),
         "image_size": pre.image_size,
         "training_label_policy": dict(ckpt.get("label_policy") or {}),
+        "training_label_source": (ckpt.get("config") or {}).get("label_source", "chexpert"),
     }
     evaluation = score_predictions(
         cfg, protocol, labels, predicted, radiologist, provenance, model_info
@@ -281,6 +292,32 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
             evaluation, model, pre, cache, manifest, cfg.gallery_size, cfg.device
         )
     return evaluation
+
+
+def check_sources(
+    manifest: pl.DataFrame,
+    path: Path,
+    protocol: Protocol,
+    labels: list[str],
+    subgroups: tuple[str, ...],
+) -> None:
+    """One line, before any prediction, when the manifest lacks what the options need: NegBio
+    columns for `--labels negbio`, demographic columns for `--subgroups`."""
+    from cxr.evaluation.subgroups import ATTRIBUTES
+    from cxr.evaluation.targets import require_negbio
+
+    if protocol.labels == "negbio":
+        require_negbio(manifest, labels, str(path))
+    for attribute in subgroups:
+        if attribute not in ATTRIBUTES:
+            raise CxrError(f"--subgroups: unknown attribute {attribute!r}")
+        if attribute not in manifest.columns:
+            raise InputError(
+                f"{path}: --subgroups {attribute}: the manifest has no demographics (column "
+                f"'{attribute}'); put MIMIC-IV's patients and admissions under "
+                "<raw>/mimiciv/<version>/hosp/ (`cxr download demographics`) and rebuild it "
+                "with `cxr manifest`"
+            )
 
 
 def score_predictions(
@@ -297,11 +334,15 @@ def score_predictions(
     `predicted[split]` is (manifest image rows with `subject_id` and the label columns, images
     left out as unreadable, probabilities (n, L)) for "validate" and for the evaluated split.
     """
-    # Operating points: chosen on validate's CheXpert labels at the evaluation level.
+    # Operating points: chosen on validate's CheXpert labels (NegBio's under the NegBio protocol)
+    # at the evaluation level.
     val_rows, val_excluded, val_probs = predicted["validate"]
     _, val_units_p = _unit_probabilities(val_rows, val_probs, labels, cfg.level)
     val_units = unit_rows(val_rows, labels, cfg.level)
-    y_val = eval_targets(val_units.select(labels).to_numpy().astype(np.float64), cfg.uncertain)
+    if protocol.labels == "negbio":
+        y_val, _ = targets(val_units, labels, protocol)
+    else:
+        y_val = eval_targets(val_units.select(labels).to_numpy().astype(np.float64), cfg.uncertain)
     p_val = val_units_p.select(labels).to_numpy()
     ops = choose_operating_points(y_val, p_val, labels)
 
@@ -310,7 +351,8 @@ def score_predictions(
     units = unit_rows(rows, labels, cfg.level)
     y, covered = targets(units, labels, protocol, radiologist)
     if not covered.any():
-        raise InputError(f"none of the {cfg.split} studies has radiologist labels")
+        source = "NegBio" if protocol.labels == "negbio" else "radiologist"
+        raise InputError(f"none of the {cfg.split} studies has {source} labels")
     units, units_p, y = (
         units.filter(pl.Series(covered)),
         units_p.filter(pl.Series(covered)),
@@ -377,6 +419,30 @@ def score_predictions(
     if clash:
         raise CxrError(f"label names {clash} clash with metrics.json keys")
     metrics.update({label: table["labels"][label] for label in labels})
+    if cfg.subgroups:
+        from cxr.evaluation.subgroups import UNDERDIAGNOSIS, score_subgroups, unit_attributes
+
+        attributes = unit_attributes(rows, units, cfg.level, cfg.subgroups)
+        subgroups, gaps = score_subgroups(
+            y,
+            p,
+            labels,
+            {label: ops[label]["youden"]["threshold"] for label in labels},
+            groups=units["subject_id"].to_numpy(),
+            studies=units["study_id"].to_numpy(),
+            attributes=attributes,
+            min_cell=cfg.min_cell,
+            n_bootstrap=cfg.n_bootstrap,
+            seed=cfg.seed,
+        )
+        metrics["subgroups"] = subgroups
+        metrics["subgroup_gaps"] = gaps
+        metrics["subgroup_options"] = {
+            "attributes": list(cfg.subgroups),
+            "min_cell": cfg.min_cell,
+            "threshold": "youden (chosen on validate)",
+            "underdiagnosis": UNDERDIAGNOSIS,
+        }
     return Evaluation(metrics, labels, units_p, y, p, per_image)
 
 

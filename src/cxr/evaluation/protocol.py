@@ -2,7 +2,8 @@
 
 One protocol for every run, whatever its training label policy: blank (not mentioned) is negative;
 uncertain (-1) is excluded (default) or negative; the targets come from the CheXpert labeler's
-columns of the manifest or from the radiologists' labels of the 2.1.0 test set; the unit is the
+columns of the manifest, from its NegBio columns (the second labeler MIMIC-CXR-JPG ships), or from
+the radiologists' labels of the 2.1.0 test set; the unit is the
 study (mean of its images' probabilities) or the image. Two results are comparable exactly when
 their protocols and row fingerprints match: a fingerprint is a SHA-256 over the sorted evaluated
 (unit, label, target) triples, and each label has its own over its (unit, target) pairs, so results
@@ -19,11 +20,16 @@ import numpy as np
 
 from cxr.core.errors import CxrError
 
-LABEL_SOURCES = ("chexpert", "radiologist")
+LABEL_SOURCES = ("chexpert", "negbio", "radiologist")
 LEVELS = ("study", "image")
 SPLITS = ("validate", "test", "train")
 UNCERTAIN_RULES = ("exclude", "negative")
-THRESHOLD_SPLIT = "validate"  # where operating points are chosen (CheXpert labels)
+THRESHOLD_SPLIT = "validate"  # where operating points are chosen
+_SOURCE_NAMES = {
+    "chexpert": "CheXpert labeler",
+    "negbio": "NegBio labeler",
+    "radiologist": "radiologists' labels",
+}
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,14 @@ class Protocol:
         d = asdict(self)
         d["views"] = list(self.views)
         d["blank"] = "negative"
-        d["thresholds_from"] = f"{THRESHOLD_SPLIT} split, CheXpert labels"
+        d["thresholds_from"] = f"{THRESHOLD_SPLIT} split, {self.threshold_labels} labels"
         return d
+
+    @property
+    def threshold_labels(self) -> str:
+        """The labels operating points are chosen on: the validate split's NegBio labels under
+        the NegBio protocol, else its CheXpert labels (radiologists labelled test studies only)."""
+        return "NegBio" if self.labels == "negbio" else "CheXpert"
 
     @classmethod
     def from_dict(cls, d: dict) -> Protocol:
@@ -69,7 +81,7 @@ class Protocol:
 
     def describe(self) -> str:
         unc = "uncertain excluded" if self.uncertain == "exclude" else "uncertain as negative"
-        source = "CheXpert labeler" if self.labels == "chexpert" else "radiologists' labels"
+        source = _SOURCE_NAMES[self.labels]
         return (
             f"{self.split} split, {self.level} level, {'/'.join(self.views) or 'all'} views, "
             f"{source}, blank as negative, {unc}"

@@ -434,6 +434,7 @@ def _provenance(metrics: dict) -> str:
 
 def write_html(path: Path, evaluation, figures: dict[str, bytes], config: dict) -> None:
     from cxr.core.atomic import write_text_atomic
+    from cxr.evaluation.subgroup_report import subgroup_section
 
     metrics = evaluation.metrics
 
@@ -491,6 +492,7 @@ each label's decisions at its own Youden threshold. The fingerprint column shows
 digits of each label's rows fingerprint: two results are comparable on a label exactly when these match.</p>
 <h2>Operating points</h2>
 {_operating_table(metrics)}
+{subgroup_section(metrics, evaluation.labels, figures, img)}
 <h2>ROC curves</h2>{img(figures["roc"], "ROC curves")}
 <h2>Precision-recall curves</h2>{img(figures["pr"], "PR curves")}
 <h2>Calibration</h2>{img(figures["reliability"], "reliability diagram")}
@@ -519,6 +521,8 @@ def policy_text(policy: dict) -> str:
 
 def write_report(evaluation, out: Path, config: dict | None = None) -> Path:
     """figures/*.png and report.html for an Evaluation; returns the page's path."""
+    from cxr.evaluation.subgroup_report import write_subgroup_figures
+
     figures = write_figures(
         out / "figures",
         evaluation.labels,
@@ -526,6 +530,7 @@ def write_report(evaluation, out: Path, config: dict | None = None) -> Path:
         evaluation.p,
         evaluation.metrics.get("ece_bins", 15),
     )
+    figures.update(write_subgroup_figures(out / "figures", evaluation.metrics, evaluation.labels))
     page = out / "report.html"
     write_html(page, evaluation, figures, config or {})
     return page

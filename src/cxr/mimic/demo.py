@@ -1,6 +1,6 @@
 """A synthetic MIMIC-CXR-JPG 2.0.0 tree in the real layout, with a learnable signal planted.
 
-`write_demo(out_dir, n_patients=120, seed=0)` writes, in `out_dir`:
+`write_demo(out_dir, n_patients=160, seed=0)` writes, in `out_dir`:
 
 - `mimic-cxr-2.0.0-{chexpert,split,metadata}.csv.gz`: the real columns in the real order, gzipped,
   values formatted as PhysioNet writes them (labels `1.0`/`0.0`/`-1.0`/empty, plain integer ids,
@@ -18,20 +18,35 @@
   as 0 or 1; No Finding recomputed by the rule below). Images and reports follow the CheXpert
   labels only, and its rows come from their own generator, so the rest of the tree is the same
   with or without it.
-- `SHA256SUMS.txt`: `<sha256> <relative path>` for the four CSVs and every JPEG, sorted bytewise.
+- `mimic-cxr-2.0.0-negbio.csv.gz`: the NegBio labeler's file, the chexpert file's schema and rows,
+  departing from the CheXpert labels in about 4% of the cells (`NEGBIO_CHANGES`: mostly around
+  uncertainty; No Finding recomputed), from its own generator.
+- `mimiciv/3.1/hosp/{patients,admissions}.csv.gz` (and that project's own `SHA256SUMS.txt` in
+  `mimiciv/3.1/`): MIMIC-IV's demographics in its real columns and value forms, from their own
+  generator: every patient's sex (drawn with the plan, balanced within each split), an anchor
+  age and year, 1-5 admissions around their studies whose race and insurance values vary between
+  admissions (mostly the patient's own group, sometimes an unknown value or another group's);
+  5% of the patients are absent from both files and 4% have no admission.
+- `SHA256SUMS.txt`: `<sha256> <relative path>` for MIMIC-CXR-JPG's five CSVs and every JPEG,
+  sorted bytewise.
 
-Default counts (n_patients=120, seed=0; `DemoSummary` holds the exact figures): 412 studies, 821
-images, 416 PA images; validate and test each have at least 63 PA studies (ceil(0.52 x
-n_patients)) and every label at least `MIN_POSITIVES` (10) positive PA studies in each of them
-(scaled down below 100 patients: n_patients // 20); the radiologist file has 32 studies. Patients have 1-4 studies, studies 1-4 images (PA + lateral, PA only, portable AP,
-AP + lateral, lateral only, a rare view now and then); about 4% of images have no ViewPosition, 60%
-of those keep a `ViewCodeSequence_CodeMeaning` that recovers the view.
+Default counts (n_patients=160, seed=0; `DemoSummary` holds the exact figures): 567 studies, 1,125
+images, 560 PA images; patients by split 72 / 32 / 56 (train / validate / test: 45%, 20%, 35%,
+at least one each); validate and test have 75 and 153 PA studies and every label at least
+`MIN_POSITIVES` (10) positive PA studies in each of them (scaled down below 100 patients:
+n_patients // 20); the radiologist file has 76 studies. Test patients have 2-5 studies, the
+others 1-4 (so the test split has several studies per patient, as MIMIC-CXR's does); studies have
+1-4 images (PA + lateral, PA only, portable AP, AP + lateral, lateral only, a rare view now and
+then); about 4% of images have no ViewPosition, 60% of those keep a `ViewCodeSequence_CodeMeaning`
+that recovers the view.
 
 Labels follow the real semantics (per study, 1/0/-1/blank, No Finding only 1 or blank and 1 exactly
 when no finding other than Support Devices is 1 or -1). Demo prevalences are much HIGHER than real
 (each finding is positive in 12-30% of abnormal studies, about 28% of studies are normal, 12% in the
-enriched test split) so that a demo-sized validate/test split has positives for every label. About
-1.5% of studies have no chexpert row (they are in split and metadata) and about 1.5% have a row
+enriched test split) so that a demo-sized validate/test split has positives for every label.
+Findings persist, as chronic findings do: each finding (and Support Devices) of a patient's later
+study keeps the previous study's value with probability `P_PERSIST` (0.7), else is drawn afresh.
+About 1.5% of studies have no chexpert row (they are in split and metadata) and about 1.5% have a row
 with every label blank (both taken from train, so validate/test keep their PA studies).
 
 Planted signatures (coordinates are fractions of the frontal image: y from the top, x from the
@@ -56,6 +71,13 @@ study (laterals and other views included, on a different background).
 | Pneumonia | cluster of 6 small bright blotches, left lower lung (y .62, x .30) |
 | Pneumothorax | dark crescent with a thin bright pleural line, right apex (y .14-.34, x .57-.83) |
 | Support Devices | very bright thin tube from the top edge down the midline to y .52 |
+
+The planted subgroup effect (`FAINT_LABELS`): on female patients' films, the Pleural Effusion and
+Lung Opacity signatures, both in the lower zones, are drawn at `FAINT_CONTRAST` (30%) of their
+contrast, as breast soft tissue lowers the conspicuity of lower-zone findings. A model trained on
+the demo detects them less well in women, so `cxr evaluate --subgroups sex` finds a real gap that
+has a known cause (on the default demo: Lung Opacity AUROC about 0.5 for women against 0.9 for
+men, Pleural Effusion about 0.83 against 1.0).
 
 Reports agree with the labels: each label at 1 is stated positively ("Moderate right pleural
 effusion."), at 0 negated ("No pneumothorax."), at -1 with uncertainty ("Possible early pneumonia
@@ -96,8 +118,11 @@ from PIL import Image
 from cxr.core.atomic import write_bytes_atomic, write_text_atomic
 from cxr.core.errors import CxrError
 from cxr.mimic import schema
+from cxr.mimic.schema import MIMIC_IV_ADMISSIONS as ADMISSIONS
+from cxr.mimic.schema import MIMIC_IV_DIR, MIMIC_IV_MODULE
+from cxr.mimic.schema import MIMIC_IV_PATIENTS as PATIENTS
 
-DEFAULT_PATIENTS = 120
+DEFAULT_PATIENTS = 160
 DEFAULT_IMAGE_SIZE = 256  # longer side of the written JPEGs
 REAL_ROWS, REAL_COLUMNS = 3056, 2544  # a typical MIMIC-CXR PA
 JPEG_QUALITY = 95
@@ -127,6 +152,19 @@ P_NEGATIVE = 0.3
 P_SUPPORT = (0.25, 0.03, 0.02)  # Support Devices: P(1), P(0), P(-1), in every study
 P_NORMAL = {"train": 0.28, "validate": 0.28, "test": 0.12}  # test is enriched for findings
 P_MISSING_VIEW = 0.04
+# Patients per split (shares of n_patients, at least one each): test patients have 2-5 studies,
+# the others 1-4, so the test split has several studies per patient as in MIMIC-CXR's.
+P_TEST_PATIENTS, P_VALIDATE_PATIENTS = 0.35, 0.2
+STUDIES_PER_PATIENT = {"test": ((2, 3, 4, 5), (0.15, 0.3, 0.3, 0.25))}
+STUDIES_PER_PATIENT_DEFAULT = ((1, 2, 3, 4), (0.05, 0.1, 0.3, 0.55))
+# Findings persist: each label of a patient's later study keeps the previous study's value with
+# this probability, else it is drawn afresh (so prevalences stay those of a fresh draw).
+P_PERSIST = 0.7
+# The planted subgroup effect: on female patients' films these labels' signatures are drawn at
+# this fraction of their contrast (lower-zone findings behind breast soft tissue), so a model
+# detects them less well in women than in men.
+FAINT_LABELS: dict[str, tuple[str, ...]] = {"F": ("Pleural Effusion", "Lung Opacity")}
+FAINT_CONTRAST = 0.3
 # Positive (1) PA studies per label guaranteed in validate and test at n_patients >= 100: 10, so
 # that an evaluation's macro with a 10-positive minimum covers all 14 labels.
 MIN_POSITIVES = 10
@@ -148,6 +186,73 @@ RADIOLOGIST_CHANGES: dict[str, dict[float, float]] = {
     "negative": {1.0: 0.03},
     "blank": {0.0: 0.08, 1.0: 0.03},
 }
+# How the NegBio file departs from the chexpert file, per cell (same form as above): a few
+# percent of the cells, mostly around uncertainty, where the two labelers differ most.
+NEGBIO_CHANGES: dict[str, dict[float, float]] = {
+    "uncertain": {1.0: 0.15, math.nan: 0.15},
+    "positive": {-1.0: 0.04},
+    "negative": {math.nan: 0.05},
+    "blank": {0.0: 0.02},
+}
+
+# MIMIC-IV demographics (`mimiciv/<version>/hosp/`): the version written and its tables' columns.
+MIMIC_IV_VERSION = schema.MIMIC_IV_DEFAULT
+PATIENTS_COLUMNS = ("subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod")
+ADMISSIONS_COLUMNS = (
+    "subject_id",
+    "hadm_id",
+    "admittime",
+    "dischtime",
+    "deathtime",
+    "admission_type",
+    "admit_provider_id",
+    "admission_location",
+    "discharge_location",
+    "insurance",
+    "language",
+    "marital_status",
+    "race",
+    "edregtime",
+    "edouttime",
+    "hospital_expire_flag",
+)
+# Shares of the patients (at least one each) missing from both files (their columns: Unknown), and
+# in patients.csv.gz without an admission (race and insurance Unknown).
+P_ABSENT_FROM_MIMIC_IV = 0.05
+P_NO_ADMISSION = 0.04
+# Each patient's recorded race group, and per admission: the group's own values (the first one
+# most often), an "unknown" value, or another group's value, so the majority rule matters.
+DEMO_RACE_P: dict[str, float] = {
+    "White": 0.55,
+    "Black": 0.2,
+    "Hispanic/Latino": 0.09,
+    "Asian": 0.07,
+    "American Indian/Alaska Native": 0.01,
+    "Other": 0.04,
+    "Unknown": 0.04,
+}
+DEMO_RACE_VALUES: dict[str, tuple[str, ...]] = {
+    "White": ("WHITE", "WHITE - OTHER EUROPEAN", "WHITE - RUSSIAN", "PORTUGUESE"),
+    "Black": ("BLACK/AFRICAN AMERICAN", "BLACK/CAPE VERDEAN", "BLACK/CARIBBEAN ISLAND"),
+    "Hispanic/Latino": ("HISPANIC/LATINO - PUERTO RICAN", "HISPANIC OR LATINO", "SOUTH AMERICAN"),
+    "Asian": ("ASIAN", "ASIAN - CHINESE", "ASIAN - SOUTH EAST ASIAN"),
+    "American Indian/Alaska Native": ("AMERICAN INDIAN/ALASKA NATIVE",),
+    "Other": ("OTHER", "MULTIPLE RACE/ETHNICITY", "NATIVE HAWAIIAN OR OTHER PACIFIC ISLANDER"),
+    "Unknown": ("UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER"),
+}
+INSURANCE_VALUES = ("Medicare", "Medicaid", "Private", "Other", "No charge")
+ADMISSION_TYPES = ("EW EMER.", "URGENT", "ELECTIVE", "OBSERVATION ADMIT", "DIRECT EMER.")
+ADMISSION_LOCATIONS = (
+    "EMERGENCY ROOM",
+    "PHYSICIAN REFERRAL",
+    "TRANSFER FROM HOSPITAL",
+    "WALK-IN/SELF REFERRAL",
+    "CLINIC REFERRAL",
+)
+DISCHARGE_LOCATIONS = ("HOME", "HOME HEALTH CARE", "SKILLED NURSING FACILITY", "REHAB", "")
+LANGUAGES = ("English", "English", "English", "English", "Spanish", "Russian", "Chinese")
+MARITAL = ("MARRIED", "SINGLE", "WIDOWED", "DIVORCED", "")
+ANCHOR_YEAR_GROUPS = ("2008 - 2010", "2011 - 2013", "2014 - 2016", "2017 - 2019", "2020 - 2022")
 
 # Words that mention a label in report text; a blank label's words never appear in its report.
 LABEL_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -309,6 +414,13 @@ class DemoSummary:
     labels: dict[int, dict[str, float]] = field(default_factory=dict)  # NaN for blank
     # The radiologist file's rows (CheXpert label names, NaN for blank), keyed by study_id.
     radiologist_labels: dict[int, dict[str, float]] = field(default_factory=dict)
+    # The NegBio file's rows (NaN for blank), keyed by study_id.
+    negbio_labels: dict[int, dict[str, float]] = field(default_factory=dict)
+    # Each patient's sex as drawn ("F"/"M"; the planted effect follows it), keyed by subject_id,
+    # and the patients left out of the MIMIC-IV files (in memory only, for tests).
+    sexes: dict[int, str] = field(default_factory=dict)
+    absent_from_mimic_iv: frozenset[int] = frozenset()
+    admissions: int = 0
 
     @property
     def n_images(self) -> int:
@@ -337,6 +449,11 @@ class _Study:
     split: str = ""
     labels: dict[str, float] = field(default_factory=dict)
     has_row: bool = True
+    sex: str = ""
+
+    @property
+    def faint(self) -> tuple[str, ...]:
+        return FAINT_LABELS.get(self.sex, ())
 
 
 # --------------------------------------------------------------------------------------- ids
@@ -367,13 +484,43 @@ def _dicom_ids(rng: np.random.Generator, n: int) -> list[str]:
 # ---------------------------------------------------------------------------------- tables
 
 
+def _patient_splits(rng: np.random.Generator, n: int) -> list[str]:
+    """Each patient's split: P_VALIDATE_PATIENTS and P_TEST_PATIENTS of them (at least one each),
+    the rest (at least one) train; patient-disjoint by construction."""
+    n_val = max(1, round(P_VALIDATE_PATIENTS * n))
+    n_test = max(1, min(round(P_TEST_PATIENTS * n), n - n_val - 1))
+    splits = ["train"] * n
+    for k, i in enumerate(rng.permutation(n)):
+        if k < n_val:
+            splits[int(i)] = "validate"
+        elif k < n_val + n_test:
+            splits[int(i)] = "test"
+    return splits
+
+
+def _patient_sexes(rng: np.random.Generator, splits: list[str]) -> list[str]:
+    """F and M alternate within each split (in a random order), so every split is balanced."""
+    sexes = [""] * len(splits)
+    for split in schema.SPLITS:
+        members = [i for i, sp in enumerate(splits) if sp == split]
+        first = int(rng.integers(2))
+        for k, i in enumerate(rng.permutation(len(members))):
+            sexes[members[int(i)]] = "FM"[(k + first) % 2]
+    return sexes
+
+
 def _plan_patients(rng: np.random.Generator, n_patients: int) -> list[list[_Study]]:
     subjects = _unique_ids(rng, n_patients, 1)
-    n_studies = rng.choice([1, 2, 3, 4], size=n_patients, p=[0.05, 0.1, 0.3, 0.55])
-    study_ids = _unique_ids(rng, int(n_studies.sum()), 5)
+    splits = _patient_splits(rng, n_patients)
+    sexes = _patient_sexes(rng, splits)
+    n_studies = []
+    for split in splits:
+        choices, p = STUDIES_PER_PATIENT.get(split, STUDIES_PER_PATIENT_DEFAULT)
+        n_studies.append(int(rng.choice(choices, p=p)))
+    study_ids = _unique_ids(rng, sum(n_studies), 5)
     patients: list[list[_Study]] = []
     k = 0
-    for subject, ns in zip(subjects, n_studies, strict=True):
+    for subject, ns, split, sex in zip(subjects, n_studies, splits, sexes, strict=True):
         base_day = int(rng.integers(0, 365 * 95))  # shifted dates: 2100-2195
         day = base_day
         studies = []
@@ -393,6 +540,8 @@ def _plan_patients(rng: np.random.Generator, n_patients: int) -> list[list[_Stud
                     date=str(date).replace("-", ""),
                     time=repr(round(time_value, 3)),
                     images=_plan_images(rng, kind),
+                    split=split,
+                    sex=sex,
                 )
             )
             k += 1
@@ -432,28 +581,11 @@ def _plan_images(rng: np.random.Generator, kind: str) -> list[_Image]:
     return out
 
 
-def _assign_splits(rng: np.random.Generator, patients: list[list[_Study]]) -> None:
-    """Patient-disjoint; validate and test get patients until each has ceil(0.52 n) PA studies."""
-    n = len(patients)
-    order = [int(i) for i in rng.permutation(n)]
-    target = math.ceil(0.52 * n)
-    cap = max(1, int(0.3 * n))
-    pos = 0
-    for split in ("validate", "test"):
-        pa, taken = 0, 0
-        while pos < n - 1 - (split == "validate") and taken < cap and (pa < target or taken == 0):
-            studies = patients[order[pos]]
-            for s in studies:
-                s.split = split
-            pa += sum(any(im.view_position == "PA" for im in s.images) for s in studies)
-            pos += 1
-            taken += 1
-    for i in order[pos:]:
-        for s in patients[i]:
-            s.split = "train"
-
-
-def _sample_labels(rng: np.random.Generator, study: _Study) -> None:
+def _sample_labels(
+    rng: np.random.Generator, study: _Study, previous: dict[str, float] | None = None
+) -> None:
+    """A fresh draw of the study's labels; with `previous` (the patient's previous study), each
+    finding and Support Devices then keeps its previous value with probability P_PERSIST."""
     lab: dict[str, float] = dict.fromkeys(schema.LABELS, math.nan)
     normal = rng.random() < P_NORMAL[study.split]
     for name in FINDINGS_LABELS:
@@ -476,6 +608,11 @@ def _sample_labels(rng: np.random.Generator, study: _Study) -> None:
         lab[schema.SUPPORT_DEVICES] = 0.0
     elif u < p1 + p0 + pu:
         lab[schema.SUPPORT_DEVICES] = -1.0
+    keep = rng.random(len(FINDINGS_LABELS) + 1) < P_PERSIST
+    if previous is not None:
+        for name, kept in zip((*FINDINGS_LABELS, schema.SUPPORT_DEVICES), keep, strict=True):
+            if kept:
+                lab[name] = previous[name]
     study.labels = lab
     _fix_no_finding(lab)
 
@@ -515,10 +652,12 @@ def _guarantee_positives(rng: np.random.Generator, studies: list[_Study], min_po
 def _plan(seed: int, n_patients: int) -> list[_Study]:
     rng = np.random.default_rng([seed, 0])
     patients = _plan_patients(rng, n_patients)
-    _assign_splits(rng, patients)
     studies = [s for p in patients for s in p]
-    for s in studies:
-        _sample_labels(rng, s)
+    for patient in patients:
+        previous = None
+        for s in patient:  # in date order
+            _sample_labels(rng, s, previous)
+            previous = s.labels
     # A few studies without a chexpert row and a few rows with every label blank (as in the real
     # files), taken from train so that validate/test keep the PA studies counted on above.
     train = [s for s in studies if s.split == "train"]
@@ -543,6 +682,44 @@ def _plan(seed: int, n_patients: int) -> list[_Study]:
     return studies
 
 
+_VALUE_KIND = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+
+
+def _departed(
+    rng: np.random.Generator, labels: dict[str, float], changes: dict[str, dict[float, float]]
+) -> dict[str, float]:
+    """A copy of `labels` in which each finding and Support Devices departs per `changes` (one
+    draw per cell); No Finding is then recomputed."""
+    lab = dict(labels)
+    for name in (*FINDINGS_LABELS, schema.SUPPORT_DEVICES):
+        v = lab[name]
+        table = changes["blank" if math.isnan(v) else _VALUE_KIND[v]]
+        u, acc = rng.random(), 0.0
+        for new, p in table.items():
+            acc += p
+            if u < acc:
+                lab[name] = new
+                break
+    _fix_no_finding(lab)
+    return lab
+
+
+def _negbio_labels(seed: int, studies: list[_Study]) -> dict[int, dict[str, float]]:
+    """The NegBio file's rows: every study with a chexpert row, its labels departing from the
+    CheXpert ones per NEGBIO_CHANGES (rows with every label blank stay blank). Drawn from their
+    own generator, so the rest of the tree is the same with or without them."""
+    rng = np.random.default_rng([seed, 5])
+    out: dict[int, dict[str, float]] = {}
+    for study in sorted(studies, key=lambda s: s.study_id):
+        if not study.has_row:
+            continue
+        if all(math.isnan(v) for v in study.labels.values()):
+            out[study.study_id] = dict(study.labels)
+        else:
+            out[study.study_id] = _departed(rng, study.labels, NEGBIO_CHANGES)
+    return out
+
+
 def _radiologist_labels(seed: int, studies: list[_Study]) -> dict[int, dict[str, float]]:
     """Radiologist labels for about half of the labelled PA test studies, keyed by study_id.
 
@@ -561,23 +738,133 @@ def _radiologist_labels(seed: int, studies: list[_Study]) -> dict[int, dict[str,
         return {}
     k = max(1, round(P_RADIOLOGIST * len(pool)))
     chosen = sorted(int(i) for i in rng.choice(len(pool), size=k, replace=False))
-    kinds = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
-    out: dict[int, dict[str, float]] = {}
-    for i in chosen:
-        study = pool[i]
-        lab = dict(study.labels)
-        for name in (*FINDINGS_LABELS, schema.SUPPORT_DEVICES):
-            v = lab[name]
-            changes = RADIOLOGIST_CHANGES["blank" if math.isnan(v) else kinds[v]]
-            u, acc = rng.random(), 0.0
-            for new, p in changes.items():
-                acc += p
-                if u < acc:
-                    lab[name] = new
-                    break
-        _fix_no_finding(lab)
-        out[study.study_id] = lab
-    return out
+    return {pool[i].study_id: _departed(rng, pool[i].labels, RADIOLOGIST_CHANGES) for i in chosen}
+
+
+# ------------------------------------------------------------------------------- MIMIC-IV
+
+
+def _stamp(t: np.datetime64) -> str:
+    """`2180-05-06 22:23:00`, MIMIC-IV's time format."""
+    return str(t.astype("datetime64[s]")).replace("T", " ")
+
+
+def _study_datetime(s: _Study) -> np.datetime64:
+    whole = f"{int(float(s.time)):06d}"
+    return np.datetime64(
+        f"{s.date[:4]}-{s.date[4:6]}-{s.date[6:]}T{whole[:2]}:{whole[2:4]}:{whole[4:]}"
+    )
+
+
+@dataclass
+class _MimicIV:
+    patients: list[list]
+    admissions: list[list]
+    absent: frozenset[int]
+
+
+def _mimic_iv(seed: int, studies: list[_Study]) -> _MimicIV:
+    """MIMIC-IV's patients and admissions rows for the demo's patients (own generator).
+
+    Each patient: the sex drawn with their studies, an anchor age and year such that their ages
+    at the studies spread over every age group, 1-5 admissions around their studies with race
+    and insurance values that vary between admissions. Some patients are absent from both files,
+    some have no admission.
+    """
+    rng = np.random.default_rng([seed, 4])
+    by_patient: dict[int, list[_Study]] = {}
+    for s in sorted(studies, key=lambda s: (s.subject_id, s.date, s.study_id)):
+        by_patient.setdefault(s.subject_id, []).append(s)
+    hadm_ids = iter(_unique_ids(rng, 6 * len(by_patient), 2))
+    groups, weights = list(DEMO_RACE_P), np.array(list(DEMO_RACE_P.values()))
+    subjects = list(by_patient)
+    picks = rng.permutation(len(subjects))
+    n_absent = max(1, round(P_ABSENT_FROM_MIMIC_IV * len(subjects)))
+    n_lonely = max(1, round(P_NO_ADMISSION * len(subjects)))
+    absent = {subjects[int(i)] for i in picks[:n_absent]}
+    lonely = {subjects[int(i)] for i in picks[n_absent : n_absent + n_lonely]}
+    patients, admissions = [], []
+    for subject, own in by_patient.items():
+        if subject in absent:
+            continue
+        first_year = int(own[0].date[:4])
+        anchor_year = first_year + int(rng.integers(-2, 3))
+        anchor_age = int(np.clip(round(rng.normal(60, 19)), 18, 91))
+        dod = ""
+        if rng.random() < 0.08:
+            last = np.datetime64(f"{own[-1].date[:4]}-{own[-1].date[4:6]}-{own[-1].date[6:]}")
+            dod = str(last + np.timedelta64(int(rng.integers(30, 900)), "D"))
+        patients.append(
+            [
+                subject,
+                own[0].sex,
+                anchor_age,
+                anchor_year,
+                str(rng.choice(ANCHOR_YEAR_GROUPS)),
+                dod,
+            ]
+        )
+        if subject in lonely:
+            continue
+        group = groups[int(rng.choice(len(groups), p=weights / weights.sum()))]
+        old = anchor_age >= 65
+        base_insurance = str(
+            rng.choice(
+                INSURANCE_VALUES,
+                p=(0.75, 0.08, 0.1, 0.05, 0.02) if old else (0.15, 0.3, 0.4, 0.12, 0.03),
+            )
+        )
+        for _ in range(int(rng.integers(1, 6))):
+            around = _study_datetime(own[int(rng.integers(len(own)))]).astype("datetime64[m]")
+            admit = around + np.timedelta64(
+                int(rng.integers(-45 * 24, 45 * 24)) * 60 + int(rng.integers(60)), "m"
+            )
+            discharge = admit + np.timedelta64(int(rng.integers(6, 14 * 24)) * 60, "m")
+            u = rng.random()
+            if group == "Unknown" or 0.78 <= u < 0.9:
+                race = str(rng.choice(DEMO_RACE_VALUES["Unknown"]))
+            elif u < 0.78:
+                values = DEMO_RACE_VALUES[group]
+                race = values[0] if rng.random() < 0.7 else str(rng.choice(values))
+            else:
+                other = [g for g in groups if g not in (group, "Unknown")]
+                race = DEMO_RACE_VALUES[str(rng.choice(other))][0]
+            v = rng.random()
+            insurance = (
+                base_insurance
+                if v < 0.7
+                else ("" if v > 0.98 else str(rng.choice(INSURANCE_VALUES)))
+            )
+            kind = str(rng.choice(ADMISSION_TYPES))
+            emergency = kind in ("EW EMER.", "DIRECT EMER.")
+            ed_in = admit - np.timedelta64(int(rng.integers(120, 600)), "m")
+            ed_out = admit + np.timedelta64(int(rng.integers(0, 120)), "m")
+            provider = "P" + "".join(
+                str(rng.choice(list("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"))) for _ in range(5)
+            )
+            admissions.append(
+                [
+                    subject,
+                    next(hadm_ids),
+                    _stamp(admit),
+                    _stamp(discharge),
+                    "",
+                    kind,
+                    provider,
+                    "EMERGENCY ROOM" if emergency else str(rng.choice(ADMISSION_LOCATIONS)),
+                    str(rng.choice(DISCHARGE_LOCATIONS)),
+                    insurance,
+                    str(rng.choice(LANGUAGES)),
+                    str(rng.choice(MARITAL)),
+                    race,
+                    _stamp(ed_in) if emergency else "",
+                    _stamp(ed_out) if emergency else "",
+                    0,
+                ]
+            )
+    patients.sort(key=lambda r: r[0])
+    admissions.sort(key=lambda r: (r[0], r[1]))
+    return _MimicIV(patients, admissions, frozenset(absent))
 
 
 # ---------------------------------------------------------------------------------- images
@@ -654,8 +941,9 @@ def _background(yy, xx, asp, view, rng):
     return img
 
 
-def _signatures(yy, xx, asp, labels, rng):
-    """The sum of every planted signature for these labels (see the module's table)."""
+def _signatures(yy, xx, asp, labels, rng, faint=()):
+    """The sum of every planted signature for these labels (see the module's table); those in
+    `faint` at FAINT_CONTRAST of their contrast."""
     out = np.zeros(np.broadcast(yy, xx).shape, dtype=np.float32)
 
     def jit():
@@ -664,7 +952,7 @@ def _signatures(yy, xx, asp, labels, rng):
     for name, value in labels.items():
         if not (value == 1.0 or value == -1.0) or name == schema.NO_FINDING:
             continue
-        s = 1.0 if value == 1.0 else 0.5
+        s = (1.0 if value == 1.0 else 0.5) * (FAINT_CONTRAST if name in faint else 1.0)
         dy, dx, k = jit()
         if name == "Atelectasis":
             pts = [
@@ -738,15 +1026,21 @@ def _signatures(yy, xx, asp, labels, rng):
 
 
 def render_image(
-    labels: dict[str, float], view: str, rows: int, columns: int, rng: np.random.Generator
+    labels: dict[str, float],
+    view: str,
+    rows: int,
+    columns: int,
+    rng: np.random.Generator,
+    faint: tuple[str, ...] = (),
 ) -> np.ndarray:
-    """One synthetic film (uint8, rows x columns, air dark) with the labels' signatures."""
+    """One synthetic film (uint8, rows x columns, air dark) with the labels' signatures (those
+    in `faint` at FAINT_CONTRAST of their contrast: the planted subgroup effect)."""
     scale = min(1.0, _MAX_DRAW_SIDE / max(rows, columns))
     h, w = max(8, round(rows * scale)), max(8, round(columns * scale))
     yy = ((np.arange(h, dtype=np.float32) + 0.5) / h)[:, None]
     xx = ((np.arange(w, dtype=np.float32) + 0.5) / w)[None, :]
     asp = w / h
-    img = _background(yy, xx, asp, view, rng) + _signatures(yy, xx, asp, labels, rng)
+    img = _background(yy, xx, asp, view, rng) + _signatures(yy, xx, asp, labels, rng, faint)
     img = img * rng.uniform(0.9, 1.1) + rng.uniform(-8, 8)
     if (h, w) != (rows, columns):
         img = np.asarray(Image.fromarray(img).resize((columns, rows), Image.BILINEAR))
@@ -904,10 +1198,12 @@ def _prepare_out_dir(out: Path) -> None:
                 "choose an empty directory"
             )
         # A previous demo tree (complete or interrupted): remove exactly what a demo writes.
-        written = (*(f"{c}.gz" for c in schema.REQUIRED_CSVS), schema.RADIOLOGIST_CSV)
+        csvs = (*schema.REQUIRED_CSVS, schema.NEGBIO_CSV)
+        written = (*(f"{c}.gz" for c in csvs), schema.RADIOLOGIST_CSV)
         for name in (*written, schema.SHA256SUMS):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / schema.FILES_DIR, ignore_errors=True)
+        shutil.rmtree(out / MIMIC_IV_DIR, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / MARKER, "synthetic MIMIC-CXR-JPG tree written by `cxr demo`\n")
 
@@ -949,7 +1245,7 @@ def write_demo(
                     rng = np.random.default_rng([seed, 2, image_counter])
                     image_counter += 1
                     im.rows, im.columns = _geometry(im.view, size, rng)
-                    arr = render_image(s.labels, im.view, im.rows, im.columns, rng)
+                    arr = render_image(s.labels, im.view, im.rows, im.columns, rng, s.faint)
                     data = _encode_jpeg(arr)
                     rel = schema.image_relpath(s.subject_id, s.study_id, im.dicom_id)
                     write_bytes_atomic(out / rel, data)
@@ -996,10 +1292,31 @@ def write_demo(
         [study, *(_fmt_label(lab[n]) for n in schema.LABELS)]
         for study, lab in sorted(radiologist.items())
     ]
+    negbio = _negbio_labels(seed, studies)
+    subject_of = {s.study_id: s.subject_id for s in studies}
+    negbio_rows = sorted(
+        [subject_of[study], study, *(_fmt_label(lab[n]) for n in schema.LABELS)]
+        for study, lab in negbio.items()
+    )
+    mimic_iv = _mimic_iv(seed, studies)
+    iv_tables = {
+        f"{MIMIC_IV_MODULE}/{PATIENTS}": _csv_gz(PATIENTS_COLUMNS, mimic_iv.patients),
+        f"{MIMIC_IV_MODULE}/{ADMISSIONS}": _csv_gz(ADMISSIONS_COLUMNS, mimic_iv.admissions),
+    }
+    iv_sums = []
+    for name, data in iv_tables.items():
+        write_bytes_atomic(out / MIMIC_IV_DIR / MIMIC_IV_VERSION / name, data)
+        iv_sums.append(f"{hashlib.sha256(data).hexdigest()} {name}\n")
+    # MIMIC-IV is another project with its own listing beside its files (`cxr download
+    # demographics` writes the same layout).
+    write_text_atomic(
+        out / MIMIC_IV_DIR / MIMIC_IV_VERSION / schema.SHA256SUMS, "".join(sorted(iv_sums))
+    )
     tables = {
         f"{schema.CHEXPERT_CSV}.gz": _csv_gz(schema.CHEXPERT_COLUMNS, chexpert),
         f"{schema.SPLIT_CSV}.gz": _csv_gz(schema.SPLIT_COLUMNS, split_rows),
         f"{schema.METADATA_CSV}.gz": _csv_gz(schema.METADATA_COLUMNS, meta_rows),
+        f"{schema.NEGBIO_CSV}.gz": _csv_gz(schema.CHEXPERT_COLUMNS, negbio_rows),
     }
     if radiologist_rows:  # plain CSV, as PhysioNet ships it
         tables[schema.RADIOLOGIST_CSV] = _csv(RADIOLOGIST_COLUMNS, radiologist_rows)
@@ -1009,7 +1326,14 @@ def write_demo(
     lines = [f"{sums[p]} {p}\n" for p in sorted(sums, key=lambda p: p.encode())]
     write_text_atomic(out / schema.SHA256SUMS, "".join(lines))
     summary = _summarize(out, seed, size, studies, reports, headers, report_paths)
-    return dataclasses.replace(summary, radiologist_labels=radiologist)
+    return dataclasses.replace(
+        summary,
+        radiologist_labels=radiologist,
+        negbio_labels=negbio,
+        sexes={s.subject_id: s.sex for s in studies},
+        absent_from_mimic_iv=mimic_iv.absent,
+        admissions=len(mimic_iv.admissions),
+    )
 
 
 def _summarize(out, seed, size, studies, reports, headers, report_paths) -> DemoSummary:

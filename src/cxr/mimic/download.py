@@ -3,7 +3,9 @@
 `download_metadata` fetches `SHA256SUMS.txt` and the chexpert, split and metadata `.csv.gz` files
 (and, for version 2.1.0, the radiologist-labelled test set). `download_subset` fetches exactly the
 manifest's JPEGs (from MIMIC-CXR-JPG) and its studies' reports (from MIMIC-CXR, which has its own
-checksum listing), in parallel threads.
+checksum listing), in parallel threads. `download_demographics` fetches MIMIC-IV's patients and
+admissions tables (a third project, with its own listing and data use agreement) into
+`<dest>/mimiciv/<version>/hosp/`.
 
 Every run fetches the checksum listings first, from the server: a listing found on disk is never
 trusted, since anything could have written it (`cxr demo` writes one). Every file is written as
@@ -44,6 +46,15 @@ from cxr.core.errors import CxrError, InputError
 from cxr.core.hashing import file_sha256
 from cxr.core.privacy import mask_subject
 from cxr.mimic import schema
+from cxr.mimic.schema import (
+    MIMIC_IV_ADMISSIONS,
+    MIMIC_IV_DEFAULT,
+    MIMIC_IV_DIR,
+    MIMIC_IV_MODULE,
+    MIMIC_IV_MODULE_1_0,
+    MIMIC_IV_PATIENTS,
+    MIMIC_IV_VERSIONS,
+)
 
 # MIMIC-CXR-JPG versions `--version` accepts. 2.1.0 keeps 2.0.0's CSV names and images and adds
 # the radiologist-labelled test set (schema.RADIOLOGIST_CSV). The reports come from MIMIC-CXR
@@ -51,7 +62,12 @@ from cxr.mimic import schema
 VERSIONS: tuple[str, ...] = (schema.VERSION, schema.RADIOLOGIST_VERSION)
 JPG_PROJECT = "MIMIC-CXR-JPG"
 REPORTS_PROJECT = "MIMIC-CXR"
-_PROJECT_SLUGS = {JPG_PROJECT: "mimic-cxr-jpg", REPORTS_PROJECT: "mimic-cxr"}
+MIMIC_IV_PROJECT = "MIMIC-IV"
+_PROJECT_SLUGS = {
+    JPG_PROJECT: "mimic-cxr-jpg",
+    REPORTS_PROJECT: "mimic-cxr",
+    MIMIC_IV_PROJECT: "mimiciv",
+}
 
 
 def jpg_base_url(version: str = schema.VERSION) -> str:
@@ -64,9 +80,25 @@ def project_page(project: str, version: str = schema.VERSION) -> str:
     slug = _PROJECT_SLUGS.get(project)
     if slug is None:
         return "the project's PhysioNet page"
-    if project != JPG_PROJECT:
+    if project == REPORTS_PROJECT:
         version = schema.VERSION  # the reports come from MIMIC-CXR 2.0.0 whatever --version says
     return f"https://physionet.org/content/{slug}/{version}/"
+
+
+def mimic_iv_base_url(version: str = MIMIC_IV_DEFAULT) -> str:
+    """MIMIC-IV's file root for `version`."""
+    return f"https://physionet.org/files/mimiciv/{version}/"
+
+
+def demographics_files(version: str = MIMIC_IV_DEFAULT) -> tuple[tuple[str, str], ...]:
+    """(path in MIMIC-IV's listing, path written under mimiciv/<version>/) of the two tables.
+    Version 1.0 keeps them in its `core` module; they are written to `hosp/` whatever the
+    version, so every version has one layout."""
+    module = MIMIC_IV_MODULE_1_0 if version == "1.0" else MIMIC_IV_MODULE
+    return tuple(
+        (f"{module}/{name}", f"{MIMIC_IV_MODULE}/{name}")
+        for name in (MIMIC_IV_PATIENTS, MIMIC_IV_ADMISSIONS)
+    )
 
 
 def metadata_files(version: str = schema.VERSION) -> tuple[str, ...]:
@@ -116,6 +148,12 @@ TOP_LEVEL_FILES: frozenset[str] = frozenset(
     | {f"mimic-cxr-{schema.VERSION}-{stem}.csv{gz}" for stem in _CSV_STEMS for gz in ("", ".gz")}
 )
 
+# What MIMIC-IV's listing may name: its module folders and a few top-level files.
+MIMIC_IV_DIRS: tuple[str, ...] = ("hosp", "icu", "core", "ed", "note")
+MIMIC_IV_TOP_LEVEL: frozenset[str] = frozenset(
+    {schema.SHA256SUMS, "LICENSE.txt", "CHANGELOG.txt", "README.txt", "README.md", "index.html"}
+)
+
 _SAFE_PATH_RE = re.compile(r"[A-Za-z0-9._/-]+")
 _SUMS_LINE_RE = re.compile(r"([0-9a-fA-F]{64}) [ *]?(.*)")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
@@ -136,6 +174,9 @@ class DownloadConfig:
     reports_base_url: str = REPORTS_BASE_URL
     manifest: Path | None = None
     reports: bool = True
+    # MIMIC-IV (`download demographics`): its version and base URL (None: mimic_iv_base_url).
+    mimic_iv_version: str = MIMIC_IV_DEFAULT
+    mimic_iv_base_url: str | None = None
     workers: int = 8
     # Retries per file for connection errors, timeouts, 429 and 5xx (so at most retries + 1 tries).
     retries: int = 5
@@ -150,6 +191,14 @@ class DownloadConfig:
     @property
     def jpg_url(self) -> str:
         return self.base_url or jpg_base_url(self.version)
+
+    @property
+    def mimic_iv_url(self) -> str:
+        return self.mimic_iv_base_url or mimic_iv_base_url(self.mimic_iv_version)
+
+    def project_version(self, project: str) -> str:
+        """The version of `project` this configuration fetches (for its data use agreement page)."""
+        return self.mimic_iv_version if project == MIMIC_IV_PROJECT else self.version
 
 
 @dataclass(frozen=True)
@@ -220,12 +269,16 @@ def _mask_http_logs() -> None:
         logger.addFilter(_MaskSubjectFilter())
 
 
-def unsafe_reason(relpath: str) -> str | None:
+def unsafe_reason(
+    relpath: str,
+    dirs: tuple[str, ...] = (schema.FILES_DIR,),
+    top_level: Container[str] = TOP_LEVEL_FILES,
+) -> str | None:
     """Why `relpath` may not be written under the destination, or None when it is safe.
 
     Allowed: `[A-Za-z0-9._/-]` only, relative, no empty, `.` or `..` component, and either under
-    `files/` or one of the known top-level files. Checked lexically, so a `files/` that the user
-    made a symlink to another disk keeps working.
+    one of `dirs` (MIMIC-CXR's `files/` by default) or one of the `top_level` files. Checked
+    lexically, so a `files/` that the user made a symlink to another disk keeps working.
     """
     if not relpath:
         return "empty path"
@@ -238,22 +291,27 @@ def unsafe_reason(relpath: str) -> str | None:
     parts = relpath.split("/")
     if any(part in ("", ".", "..") for part in parts):
         return "'..', '.' or empty component in path"
-    if parts[0] == schema.FILES_DIR:
+    if parts[0] in dirs:
         if len(parts) < 2:
-            return "not a file under files/"
+            return f"not a file under {parts[0]}/"
         return None
-    if len(parts) == 1 and relpath in TOP_LEVEL_FILES:
+    if len(parts) == 1 and relpath in top_level:
         return None
-    return "not under files/ and not a known top-level file"
+    return f"not under {'/, '.join(dirs)}/ and not a known top-level file"
 
 
 def parse_sha256sums(
-    text: str, source: str = schema.SHA256SUMS, keep: Container[str] | None = None
+    text: str,
+    source: str = schema.SHA256SUMS,
+    keep: Container[str] | None = None,
+    dirs: tuple[str, ...] = (schema.FILES_DIR,),
+    top_level: Container[str] = TOP_LEVEL_FILES,
 ) -> Listing:
     """Parse `<sha256 hex> <relative path>` lines (sha256sum's ` *` binary marker accepted).
 
     Unsafe paths and malformed lines are refused, not fatal: they are reported. With `keep`, only
     entries whose path is in it are stored (MIMIC-CXR's listing has ~600k lines, we need a few).
+    `dirs` and `top_level`: what the project's listing may name (`unsafe_reason`).
     Raises InputError when nothing in the text looks like a checksum line (an HTML error page...).
     """
     entries: dict[str, str] = {}
@@ -269,7 +327,7 @@ def parse_sha256sums(
             continue
         digest, relpath = m.group(1).lower(), m.group(2)
         n_valid += 1
-        reason = unsafe_reason(relpath)
+        reason = unsafe_reason(relpath, dirs, top_level)
         if reason is not None:
             refused.append((relpath, reason))
             continue
@@ -732,7 +790,9 @@ class Fetcher:
                 if round_ == 2:
                     raise _FileFailed("checksum mismatch (downloaded twice)")
         except _AuthFailed as exc:
-            message = auth_message(exc.status, item.project, self._source, self.cfg.version)
+            message = auth_message(
+                exc.status, item.project, self._source, self.cfg.project_version(item.project)
+            )
             self.auth_failed.setdefault(item.project, message)
             raise _FileFailed(message, keep_part=True) from None
         except _FileFailed as exc:
@@ -758,7 +818,7 @@ class Fetcher:
             return text
         except _AuthFailed as exc:
             raise CxrError(
-                auth_message(exc.status, project, self._source, self.cfg.version)
+                auth_message(exc.status, project, self._source, self.cfg.project_version(project))
             ) from None
         except _FileFailed as exc:
             raise CxrError(f"{source} of {project}: {exc.reason}") from None
@@ -777,10 +837,13 @@ def _load_listing(
     path: Path,
     summary: Summary,
     keep: Container[str] | None = None,
+    **allowed,
 ) -> dict[str, str]:
-    """The project's listing, fetched now: one already on disk is replaced, never trusted."""
+    """The project's listing, fetched now: one already on disk is replaced, never trusted.
+    `allowed`: `dirs` and `top_level` of `parse_sha256sums`, for a project other than
+    MIMIC-CXR(-JPG)."""
     text = fetcher.fetch_listing(base_url, project, path, path.name)
-    listing = parse_sha256sums(text, path.name, keep)
+    listing = parse_sha256sums(text, path.name, keep, **allowed)
     summary.refused.extend((path.name, display_path(e), why) for e, why in listing.refused)
     return listing.entries
 
@@ -875,6 +938,46 @@ def download_metadata(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Su
         files = metadata_files(cfg.version)
         items, failed = plan_items(files, listing, base, JPG_PROJECT, JPG_SUMS)
         summary.failed.extend(failed)
+        to_fetch, skipped = split_present(items, dest)
+        summary.skipped = len(skipped)
+        if to_fetch:
+            _run_items(fetcher, to_fetch, dest, summary)
+    finally:
+        fetcher.close()
+    return summary
+
+
+def download_demographics(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Summary:
+    """MIMIC-IV's `SHA256SUMS.txt`, then its patients and admissions tables, each verified
+    against it, into `<dest>/mimiciv/<version>/` (the tables under `hosp/`)."""
+    if cfg.mimic_iv_version not in MIMIC_IV_VERSIONS:
+        raise CxrError(
+            f"MIMIC-IV version {cfg.mimic_iv_version!r} is not one of {', '.join(MIMIC_IV_VERSIONS)}"
+        )
+    base = check_base_url(cfg.mimic_iv_url)
+    raw = prepare_dest(Path(cfg.dest))  # refuses the demo tree, a file, a broken link
+    dest = prepare_dest(raw / MIMIC_IV_DIR / cfg.mimic_iv_version)
+    fetcher = fetcher or Fetcher(cfg)
+    summary = Summary()
+    files = demographics_files(cfg.mimic_iv_version)
+    try:
+        listing = _load_listing(
+            fetcher,
+            base,
+            MIMIC_IV_PROJECT,
+            dest / schema.SHA256SUMS,
+            summary,
+            keep=frozenset(remote for remote, _ in files),
+            dirs=MIMIC_IV_DIRS,
+            top_level=MIMIC_IV_TOP_LEVEL,
+        )
+        items: list[Item] = []
+        for remote, local in files:
+            digest = listing.get(remote)
+            if digest is None:
+                summary.failed.append((local, f"{remote} is not listed in {schema.SHA256SUMS}"))
+                continue
+            items.append(Item(local, join_url(base, remote), digest, MIMIC_IV_PROJECT))
         to_fetch, skipped = split_present(items, dest)
         summary.skipped = len(skipped)
         if to_fetch:

@@ -6,6 +6,11 @@ test study is kept, then train studies are sampled with a seeded generator up to
 Labels are copied exactly as in the CSV (1, 0, -1, NaN): the label policy belongs to training and
 evaluation, never here.
 
+Two optional sources add columns without changing the selection: the NegBio labels (a second
+set of label columns, `negbio_<Label>`, plus `negbio_labelled`) when `mimic-cxr-2.0.0-negbio.csv.gz`
+is at the raw root, and MIMIC-IV demographics (`cxr.mimic.demographics.COLUMNS`, per study) when
+`<raw>/mimiciv/<version>/hosp/` holds patients and admissions.
+
 The table logic is pure functions over polars frames; `build_manifest` runs them in order and
 `write_manifest` writes the parquet and `manifest.json` atomically. No torch here.
 """
@@ -44,6 +49,11 @@ BASE_COLUMNS = (
     "report_path",
 )
 REPORT_SECTIONS = ("findings", "impression", "indication", "comparison")
+SOURCE_MODES = ("auto", "require", "off")
+NEGBIO_COLUMNS = (
+    schema.NEGBIO_LABELLED,
+    *(schema.label_column(label, "negbio") for label in schema.LABELS),
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,17 @@ class ManifestConfig:
     views: tuple[str, ...] = ("PA",)
     infer_missing_views: bool = False
     require_reports: bool = False
+    # "auto": add the columns when the files are present; "require": fail without them; "off".
+    demographics: str = "auto"
+    mimic_iv_version: str | None = None  # None: the newest version under <raw>/mimiciv/
+    negbio: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("demographics", "negbio"):
+            if getattr(self, name) not in SOURCE_MODES:
+                raise InputError(
+                    f"{name}={getattr(self, name)!r}: one of {', '.join(SOURCE_MODES)}"
+                )
 
     def options(self) -> dict:
         d = asdict(self)
@@ -98,6 +119,8 @@ def join_images(tables: RawTables, excl: Exclusions) -> pl.DataFrame:
         "ViewCodeSequence_CodeMeaning",
         pl.col("Rows").alias("rows"),
         pl.col("Columns").alias("columns"),
+        "StudyDate",
+        "StudyTime",
         pl.lit(True).alias("_in_meta"),
     )
     split = tables.split.select(
@@ -243,21 +266,55 @@ def attach_reports(
     return df
 
 
+def attach_negbio(df: pl.DataFrame, negbio: pl.DataFrame) -> pl.DataFrame:
+    """The NegBio labels as `negbio_<Label>` columns (values as in the file, NaN for blank) and
+    `negbio_labelled` (whether the study has a NegBio row; without one its columns are NaN)."""
+    renamed = negbio.select(
+        "study_id",
+        pl.lit(True).alias(schema.NEGBIO_LABELLED),
+        *(pl.col(lab).alias(schema.label_column(lab, "negbio")) for lab in schema.LABELS),
+    )
+    return df.join(renamed, on="study_id", how="left").with_columns(
+        pl.col(schema.NEGBIO_LABELLED).fill_null(False)
+    )
+
+
+def attach_demographics(
+    df: pl.DataFrame, patients: pl.DataFrame, admissions: pl.DataFrame, version: str
+) -> tuple[pl.DataFrame, dict]:
+    """The demographic columns of every selected study (`cxr.mimic.demographics`), and the
+    summary counts. Study times come from the metadata's StudyDate and StudyTime."""
+    from cxr.mimic.demographics import study_demographics, study_times
+
+    times = study_times(df.select("study_id", "StudyDate", "StudyTime"))
+    studies = df.select("study_id", "subject_id").unique().join(times, on="study_id", how="left")
+    table, summary = study_demographics(studies.sort("study_id"), patients, admissions, version)
+    return df.join(table, on="study_id", how="left"), summary.to_dict()
+
+
 def order_columns(df: pl.DataFrame) -> pl.DataFrame:
+    from cxr.mimic.demographics import COLUMNS as DEMOGRAPHICS
+
     sections = [c for c in REPORT_SECTIONS if c in df.columns]
-    df = df.select(*BASE_COLUMNS, *schema.LABELS, "rows", "columns", *sections)
+    optional = [c for c in (*NEGBIO_COLUMNS, *DEMOGRAPHICS) if c in df.columns]
+    df = df.select(*BASE_COLUMNS, *schema.LABELS, "rows", "columns", *optional, *sections)
     return df.sort("split", "study_id", "dicom_id")
 
 
-def label_counts(df: pl.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
-    """Per split and label, how many studies have 1, 0, -1 and blank."""
+def label_counts(
+    df: pl.DataFrame, source: str = "chexpert"
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Per split and label, how many studies have 1, 0, -1 and blank (NegBio: among the studies
+    with a NegBio row)."""
     studies = df.unique("study_id", keep="first")
+    if source == "negbio":
+        studies = studies.filter(pl.col(schema.NEGBIO_LABELLED))
     out: dict[str, dict[str, dict[str, int]]] = {}
     for split in schema.SPLITS:
         part = studies.filter(pl.col("split") == split)
         out[split] = {}
         for label in schema.LABELS:
-            col = part[label]
+            col = part[schema.label_column(label, source)]
             out[split][label] = {
                 "1": int((col == 1.0).sum()),
                 "0": int((col == 0.0).sum()),
@@ -290,14 +347,55 @@ class ManifestResult:
     info: dict
 
 
+@dataclass
+class Extras:
+    """The optional sources, read and checked: NegBio labels and MIMIC-IV demographics."""
+
+    negbio: pl.DataFrame | None = None
+    patients: pl.DataFrame | None = None
+    admissions: pl.DataFrame | None = None
+    mimic_iv_version: str = ""
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def load_extras(cfg: ManifestConfig, tables: RawTables) -> Extras:
+    """Read the optional sources `cfg` asks for (present files only under "auto")."""
+    from cxr.mimic.demographics import demographics_help, find_demographics, load_demographics
+    from cxr.mimic.tables import load_negbio
+
+    extras = Extras()
+    raw = Path(cfg.raw)
+    if cfg.negbio != "off":
+        found = load_negbio(raw, tables.split)
+        if found is None and cfg.negbio == "require":
+            raise InputError(f"{raw / schema.NEGBIO_CSV}: missing (neither .csv nor .csv.gz)")
+        if found is not None:
+            extras.negbio, extras.paths["negbio"] = found
+    if cfg.demographics != "off":
+        files = find_demographics(raw, cfg.mimic_iv_version)
+        if files is None and (cfg.demographics == "require" or cfg.mimic_iv_version):
+            raise InputError(demographics_help(raw, cfg.mimic_iv_version))
+        if files is not None:
+            extras.patients, extras.admissions = load_demographics(files)
+            extras.mimic_iv_version = files.version
+            extras.paths["mimic_iv_patients"] = files.patients
+            extras.paths["mimic_iv_admissions"] = files.admissions
+    return extras
+
+
 def build_manifest(
-    tables: RawTables, cfg: ManifestConfig, reports_table: Path | None = None
+    tables: RawTables,
+    cfg: ManifestConfig,
+    reports_table: Path | None = None,
+    extras: Extras | None = None,
 ) -> ManifestResult:
-    """The selection over tables as `load_tables` returns them (read, checked and typed).
+    """The selection over tables as `load_tables` returns them (read, checked and typed), with the
+    columns of the optional sources in `extras`.
 
     Writes nothing, except the reports table at `reports_table` when one is given and it is not
     fresh (see `attach_reports`).
     """
+    extras = extras or Extras()
     excl = Exclusions()
     df = join_images(tables, excl)
     df, inferred = assign_views(df, cfg.views, cfg.infer_missing_views, excl)
@@ -307,6 +405,13 @@ def build_manifest(
         raise InputError(f"{cfg.raw}: no image is left after selection (views {list(cfg.views)})")
     df = add_paths(df)
     df = attach_reports(df, Path(cfg.raw), cfg.require_reports, excl, reports_table)
+    demographics = None
+    if extras.negbio is not None:
+        df = attach_negbio(df, extras.negbio)
+    if extras.patients is not None and extras.admissions is not None:
+        df, demographics = attach_demographics(
+            df, extras.patients, extras.admissions, extras.mimic_iv_version
+        )
     df = order_columns(df)
     missing_splits = [
         s for s in ("validate", "test") if df.filter(pl.col("split") == s).height == 0
@@ -325,6 +430,15 @@ def build_manifest(
         "reports_found": df.filter(pl.col("report_path").is_not_null())["study_id"].n_unique(),
         "notes": notes,
     }
+    if extras.negbio is not None:
+        studies = df.unique("study_id")
+        info["negbio"] = {
+            "studies_labelled": studies.filter(pl.col(schema.NEGBIO_LABELLED)).height,
+            "studies_without_row": studies.filter(~pl.col(schema.NEGBIO_LABELLED)).height,
+            "labels": label_counts(df, "negbio"),
+        }
+    if demographics is not None:
+        info["demographics"] = demographics
     return ManifestResult(df, info)
 
 
@@ -332,10 +446,13 @@ def build_manifest(
 # I/O
 
 
-def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTables) -> dict:
+def write_manifest(
+    result: ManifestResult, cfg: ManifestConfig, tables: RawTables, extras: Extras | None = None
+) -> dict:
     """Parquet then manifest.json, each atomically; returns the json written."""
     from cxr.mimic.synthetic import is_demo_tree
 
+    inputs = {**tables.paths, **(extras.paths if extras else {})}
     out = Path(cfg.out)
     with output_errors(out), atomic_path(out) as tmp:
         result.manifest.write_parquet(tmp, compression="zstd", statistics=True)
@@ -347,7 +464,7 @@ def write_manifest(result: ManifestResult, cfg: ManifestConfig, tables: RawTable
         "synthetic_demo": is_demo_tree(cfg.raw),
         "inputs": {
             kind: {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
-            for kind, path in tables.paths.items()
+            for kind, path in inputs.items()
         },
         **result.info,
     }
@@ -363,8 +480,9 @@ def make_manifest(cfg: ManifestConfig) -> tuple[ManifestResult, dict]:
     from cxr.mimic.report_table import REPORTS_TABLE
 
     tables = load_tables(Path(cfg.raw))
-    result = build_manifest(tables, cfg, Path(cfg.out).parent / REPORTS_TABLE)
-    info = write_manifest(result, cfg, tables)
+    extras = load_extras(cfg, tables)
+    result = build_manifest(tables, cfg, Path(cfg.out).parent / REPORTS_TABLE, extras)
+    info = write_manifest(result, cfg, tables, extras)
     return result, info
 
 

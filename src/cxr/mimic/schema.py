@@ -38,6 +38,12 @@ SPLIT_CSV = f"mimic-cxr-{VERSION}-split.csv"
 METADATA_CSV = f"mimic-cxr-{VERSION}-metadata.csv"
 NEGBIO_CSV = f"mimic-cxr-{VERSION}-negbio.csv"
 REQUIRED_CSVS = (CHEXPERT_CSV, SPLIT_CSV, METADATA_CSV)
+# The NegBio labeler's file has the chexpert file's schema. The manifest carries its values as a
+# second set of label columns, each CheXpert label's name behind this prefix, so the CheXpert
+# columns keep their names; NEGBIO_LABELLED says whether the study has a row in the NegBio file.
+NEGBIO_PREFIX = "negbio_"
+NEGBIO_LABELLED = "negbio_labelled"
+LABEL_SOURCES = ("chexpert", "negbio")
 FILES_DIR = "files"
 # MIMIC-CXR-JPG 2.1.0 adds 687 official test studies labelled by radiologists (not by the CheXpert
 # labeler): plain CSV at the raw root, `study_id` (no subject_id) and the labels, Lung Opacity
@@ -46,6 +52,16 @@ RADIOLOGIST_VERSION = "2.1.0"
 RADIOLOGIST_CSV = f"mimic-cxr-{RADIOLOGIST_VERSION}-test-set-labeled.csv"
 RADIOLOGIST_ALIASES: dict[str, str] = {"Airspace Opacity": "Lung Opacity"}
 SHA256SUMS = "SHA256SUMS.txt"
+
+# MIMIC-IV, a separate project holding the demographics (cxr.mimic.demographics): its files go
+# under <raw>/mimiciv/<version>/hosp/ (version 1.0 kept them in a `core` module).
+MIMIC_IV_DIR = "mimiciv"
+MIMIC_IV_VERSIONS: tuple[str, ...] = ("1.0", "2.0", "2.1", "2.2", "3.0", "3.1")
+MIMIC_IV_DEFAULT = "3.1"
+MIMIC_IV_MODULE = "hosp"
+MIMIC_IV_MODULE_1_0 = "core"
+MIMIC_IV_PATIENTS = "patients.csv.gz"
+MIMIC_IV_ADMISSIONS = "admissions.csv.gz"
 
 CHEXPERT_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *LABELS)
 SPLIT_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split")
@@ -82,6 +98,11 @@ VIEW_CODE_MEANINGS: dict[str, str] = {
 SUBJECT_ID_RE = re.compile(r"^1\d{7}$")
 STUDY_ID_RE = re.compile(r"^5\d{7}$")
 DICOM_ID_RE = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
+
+
+def label_column(label: str, source: str = "chexpert") -> str:
+    """The manifest column holding `label` from `source` ("chexpert": the label's own name)."""
+    return label if source == "chexpert" else f"{NEGBIO_PREFIX}{label}"
 
 
 def image_relpath(subject_id: int, study_id: int, dicom_id: str) -> str:

@@ -38,6 +38,18 @@ def print_manifest_summary(info: dict, out: Path) -> None:
     out_console.print(f"reports found: {info['reports_found']} of {n_studies} studies")
     for note in info["notes"]:
         out_console.print(f"note: {note}")
+    negbio = info.get("negbio")
+    if negbio:
+        out_console.print(
+            f"NegBio labels: {negbio['studies_labelled']} studies"
+            + (
+                f" ({negbio['studies_without_row']} without a NegBio row)"
+                if negbio["studies_without_row"]
+                else ""
+            )
+        )
+    for line in demographics_lines(info.get("demographics")):
+        out_console.print(line)
 
     # Prevalence over the selected studies: share of 1 / 0 / -1 / blank per label, and the train vs
     # test positive rate (the test split is enriched for abnormal studies).
@@ -63,3 +75,27 @@ def print_manifest_summary(info: dict, out: Path) -> None:
             pos_rate("test"),
         )
     out_console.print(t)
+
+
+def demographics_lines(demo: dict | None) -> list[str]:
+    """The demographics part of the summary: counts of patients, never a patient."""
+    if not demo:
+        return []
+    lines = [
+        f"demographics: MIMIC-IV {demo['mimic_iv_version']}, {demo['patients']} patients; "
+        f"{demo['absent_from_mimic_iv']} absent from MIMIC-IV (all Unknown), "
+        f"{demo['without_admissions']} without an admission (race and insurance Unknown), "
+        f"{demo['race_unknown']} with race Unknown"
+    ]
+    if demo.get("undated_studies"):
+        lines.append(f"  {demo['undated_studies']} studies without a readable StudyDate")
+    if demo.get("implausible_ages"):
+        lines.append(f"  {demo['implausible_ages']} studies with an age outside 0-130 (Unknown)")
+    unlisted = demo.get("unlisted_race_values") or {}
+    if unlisted:
+        shown = ", ".join(f"{v!r} ({n})" for v, n in list(unlisted.items())[:10])
+        more = f" and {len(unlisted) - 10} more" if len(unlisted) > 10 else ""
+        lines.append(
+            f"  race values not in the mapping, counted as Unknown (admissions): {shown}{more}"
+        )
+    return lines

@@ -385,3 +385,30 @@ def load_tables(raw: Path) -> RawTables:
         raise InputError(str(fatal[0]))
     paths = {kind: Path(name) for kind, name in names.items()}
     return RawTables(typed["chexpert"], typed["split"], typed["metadata"], paths)
+
+
+def load_negbio(raw: Path, split: pl.DataFrame) -> tuple[pl.DataFrame, Path] | None:
+    """The NegBio labels (`mimic-cxr-2.0.0-negbio.csv.gz`, the chexpert file's schema), read,
+    checked and typed like the chexpert file, or None when the file is not at the raw root.
+
+    `split` is the typed split frame: a NegBio row filed under another patient than the split
+    file gives its study is an error, as for the chexpert file.
+    """
+    path = locate_csv(Path(raw), schema.NEGBIO_CSV)
+    if path is None:
+        return None
+    df = read_csv_text(path)
+    file = str(path)
+    problems = check_columns(df, schema.CHEXPERT_COLUMNS, file)
+    if not problems:
+        problems = check_ids(df, file) + check_unique(df, ["subject_id", "study_id"], file)
+        problems += check_labels(df, file)
+        if not problems:
+            problems = check_unique(df, ["study_id"], file)
+    if problems:
+        raise InputError(str(problems[0]))
+    typed = _typed("chexpert", df)
+    fatal = check_label_subjects(typed, split, file)
+    if fatal:
+        raise InputError(str(fatal[0]))
+    return typed.drop(LINE), path

@@ -331,6 +331,68 @@ def bootstrap_metrics(
     return out
 
 
+def bootstrap_subsets(
+    y: np.ndarray,
+    p: np.ndarray,
+    groups: np.ndarray,
+    subsets: Mapping[str, np.ndarray],
+    thresholds: np.ndarray,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-resample AUROC, TPR and FPR of each subset of rows (a subgroup), for every label.
+
+    `y`, `p`, `groups`, `n_bootstrap` and `seed` as for `bootstrap_metrics`, and the resamples are
+    the same ones (the same seed draws the same patients): resample b of a subset is the subset's
+    rows of resample b of the whole table, so a subgroup's figures and the overall figures of one
+    resample describe the same drawn test set, and differences between subgroups can be taken
+    resample by resample. `subsets` maps a name to a boolean (n,) mask; `thresholds` (L,) is the
+    operating point per label (NaN: no TPR or FPR for that label).
+
+    Returns `{name: {"auroc": (B, L), "tpr": (B, L), "fpr": (B, L)}}`, NaN where a resample lacks
+    what a figure needs (a class, or any of the subset's rows).
+
+    Cost: the resamples stay as per-patient draws (B, G); a subset's rows read their patient's
+    multiplicity from them, so no (B, n) weight matrix is built. The AUROC costs O(B x rows of the
+    subset); the confusion counts are summed per patient over the subset's rows first, then
+    weighted by the draws of only the patients the subset holds, O(B x its patients).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    groups = np.asarray(groups)
+    _check_table(y, groups, p)
+    n_labels = y.shape[1]
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.shape != (n_labels,):
+        raise ValueError(f"thresholds must be ({n_labels},), got {thresholds.shape}")
+    per_group, codes = _group_draws(groups, n_bootstrap, seed)
+    n_groups = per_group.shape[1]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, mask in subsets.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (y.shape[0],):
+            raise ValueError(f"subset {name!r} must be a ({y.shape[0]},) mask, got {mask.shape}")
+        figs = {k: np.full((n_bootstrap, n_labels), np.nan) for k in ("auroc", "tpr", "fpr")}
+        for j in range(n_labels):
+            keep = np.flatnonzero(mask & ~np.isnan(y[:, j]))
+            if keep.size == 0:
+                continue
+            yj, pj, cj = y[keep, j], _scored(p[keep, j], j), codes[keep]
+            total_pos, total_neg, mann_whitney, _ = _rank_sums(yj, pj, per_group, cj, with_ap=False)
+            figs["auroc"][:, j] = _auroc(total_pos, total_neg, mann_whitney)
+            if np.isnan(thresholds[j]):
+                continue
+            decision, positive = pj >= thresholds[j], yj == 1
+            present = np.unique(cj)
+            draws = per_group[:, present].astype(np.float64)
+            tp = draws @ np.bincount(cj, weights=decision & positive, minlength=n_groups)[present]
+            fp = draws @ np.bincount(cj, weights=decision & ~positive, minlength=n_groups)[present]
+            figs["tpr"][:, j] = _ratio(tp, total_pos)
+            figs["fpr"][:, j] = _ratio(fp, total_neg)
+        out[name] = figs
+    return out
+
+
 def _scored(p: np.ndarray, column: int) -> np.ndarray:
     if not np.isfinite(p).all():
         raise ValueError(f"label column {column}: a scored row has a non-finite probability")

@@ -18,7 +18,7 @@ from pathlib import Path
 from cxr.core.defaults import IMAGE_SIZE
 from cxr.core.errors import CxrError
 from cxr.mimic.policy import MISSING_CHOICES, UNCERTAIN_CHOICES, LabelPolicy
-from cxr.mimic.schema import LABELS
+from cxr.mimic.schema import LABEL_SOURCES, LABELS
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class TrainConfig:
     cache: str = ""
     out: str = "models/run"
     labels: tuple[str, ...] = LABELS
+    # Which labeler's labels to train on: the manifest's CheXpert columns, or its NegBio ones.
+    label_source: str = "chexpert"
     policy: LabelPolicy = field(default_factory=LabelPolicy)
     # model
     model: str = "densenet121"
@@ -144,6 +146,7 @@ _TRAIN_RANGES: dict[str, tuple] = {
     "manifest": _is_str(),
     "cache": _is_str(),
     "out": _is_str("path"),
+    "label_source": _choice(*LABEL_SOURCES),
     "model": _choice(*MODEL_NAMES),
     "pretrained": _is_str(),
     "image_size": _int(8),

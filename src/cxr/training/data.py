@@ -23,6 +23,7 @@ import torch
 
 from cxr.core.errors import CxrError
 from cxr.imaging.cache import holds_manifest, load_cache
+from cxr.mimic import schema
 from cxr.mimic.manifest import read_manifest
 from cxr.mimic.policy import LabelPolicy, apply_policy
 
@@ -66,6 +67,10 @@ class CxrDataset(torch.utils.data.Dataset):
 
     `n_excluded` counts images whose cache row failed (`ok` false); they are left out. An image the
     cache does not know at all means the cache does not match the manifest: an error.
+
+    `label_source` "negbio" reads the targets from the manifest's NegBio columns (`negbio_<Label>`)
+    instead of the CheXpert ones; images of studies without a NegBio row are left out and counted
+    in `n_unlabelled`.
     """
 
     def __init__(
@@ -75,11 +80,25 @@ class CxrDataset(torch.utils.data.Dataset):
         split: str,
         label_names: Sequence[str],
         policy: LabelPolicy,
+        label_source: str = "chexpert",
     ) -> None:
-        missing_labels = [name for name in label_names if name not in manifest.columns]
+        columns = [schema.label_column(name, label_source) for name in label_names]
+        needed = [schema.NEGBIO_LABELLED, *columns] if label_source == "negbio" else columns
+        missing_labels = [name for name in needed if name not in manifest.columns]
         if missing_labels:
-            raise CxrError(f"manifest lacks label columns {missing_labels}")
+            hint = (
+                f" (no NegBio labels: put {schema.NEGBIO_CSV}.gz at the raw root and rebuild "
+                "the manifest)"
+                if label_source == "negbio"
+                else ""
+            )
+            raise CxrError(f"manifest lacks label columns {missing_labels}{hint}")
         df = manifest.filter(pl.col("split") == split).sort(["study_id", "dicom_id"])
+        self.n_unlabelled = 0
+        if label_source == "negbio":
+            labelled = df[schema.NEGBIO_LABELLED].fill_null(False)
+            self.n_unlabelled = int((~labelled).sum())
+            df = df.filter(labelled)
         index = cache.index.select("dicom_id", "row", "ok")
         joined = df.select("dicom_id").join(index, on="dicom_id", how="left", maintain_order="left")
         unknown = joined.filter(pl.col("row").is_null()).height
@@ -97,7 +116,7 @@ class CxrDataset(torch.utils.data.Dataset):
         self.rows = joined["row"].to_numpy()[ok].astype(np.int64)
         self.dicom_ids: list[str] = df["dicom_id"].to_list()
         self.study_ids = df["study_id"].to_numpy().astype(np.int64)
-        raw = df.select(list(label_names)).to_numpy().astype(np.float32)
+        raw = df.select(columns).to_numpy().astype(np.float32)
         self.raw_labels = raw
         targets, mask = apply_policy(raw, self.label_names, policy)
         self.targets = torch.from_numpy(targets)

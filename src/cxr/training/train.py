@@ -390,13 +390,15 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> tuple[Run, RunState]:
         "in_chans": IN_CHANS,
         "method": str(cache.meta.get("method", "")),
     }
-    train_ds = CxrDataset(manifest, cache, "train", cfg.labels, cfg.policy)
-    val_ds = CxrDataset(manifest, cache, "validate", cfg.labels, cfg.policy)
+    train_ds = CxrDataset(manifest, cache, "train", cfg.labels, cfg.policy, cfg.label_source)
+    val_ds = CxrDataset(manifest, cache, "validate", cfg.labels, cfg.policy, cfg.label_source)
     views = sorted(
         manifest.filter(manifest["split"] == "train")["view_position"].drop_nulls().unique()
     )
-    del manifest  # subject_id goes no further than this point
+    del manifest  # subject_id (and the demographic columns) go no further than this point
     for ds in (train_ds, val_ds):
+        if ds.n_unlabelled:
+            _warn(d, f"{ds.n_unlabelled} {ds.split} images left out: their study has no NegBio row")
         if ds.n_excluded:
             _warn(d, f"{ds.n_excluded} {ds.split} images left out: their cache row failed")
         if len(ds) == 0:
