@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DATA    ?= data
-DEMO_PATIENTS ?= 120
+DEMO_PATIENTS ?= 160
 CXR     := $(BIN)/cxr
 
 .PHONY: demo test test-fast lint venv demo-data verify manifest verify-manifest reports preprocess \
