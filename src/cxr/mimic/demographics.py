@@ -92,9 +92,8 @@ RACE_PREFIXES: dict[str, str] = {"HISPANIC/LATINO - ": "Hispanic/Latino", "ASIAN
 RACE_GROUP_ORDER: tuple[str, ...] = tuple(RACE_GROUPS)
 _RACE_OF_VALUE = {value: group for group, values in RACE_GROUPS.items() for value in values}
 
-# The manifest's demographic columns, and the categorical ones evaluation can group by.
+# The manifest's demographic columns (evaluation groups by all but the age itself).
 COLUMNS: tuple[str, ...] = ("sex", "age_at_study", "age_group", "race_group", "insurance")
-ATTRIBUTES: tuple[str, ...] = ("sex", "age_group", "race_group", "insurance")
 
 _DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
@@ -111,14 +110,6 @@ def race_group_of(value: str | None) -> str:
         if text.startswith(prefix):
             return group
     return UNKNOWN
-
-
-def is_listed_race(value: str | None) -> bool:
-    """Whether a value is one the mapping knows (blank counts as known: it means Unknown)."""
-    if value is None or not value.strip():
-        return True
-    text = value.strip().upper()
-    return text in _RACE_OF_VALUE or any(text.startswith(p) for p in RACE_PREFIXES)
 
 
 def _mapped_expr(column: str) -> pl.Expr:
@@ -140,7 +131,7 @@ def _race_expr(column: str) -> pl.Expr:
 
 
 def _unlisted_expr(column: str) -> pl.Expr:
-    """True for a non-blank value the mapping does not list (`is_listed_race` over a column)."""
+    """True for a non-blank value the mapping does not list (counted as Unknown, and named)."""
     text = pl.col(column).str.strip_chars()
     return text.is_not_null() & (text != "") & _mapped_expr(column).is_null()
 
@@ -162,11 +153,6 @@ class DemographicsFiles:
     version: str
     patients: Path
     admissions: Path
-
-
-def version_dir(raw: Path, version: str) -> Path:
-    """`<raw>/mimiciv/<version>`: where `cxr download demographics` puts a version."""
-    return Path(raw) / MIMIC_IV_DIR / version
 
 
 def _find_in(directory: Path, name: str) -> Path | None:
