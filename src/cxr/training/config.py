@@ -257,6 +257,7 @@ KEY_HELP: dict[str, str] = {
     "cache": 'image cache directory; "" = chosen under <data root>/interim by cache_size',
     "out": "run directory: config.toml, best.pt, last.pt, metrics.jsonl, tb/",
     "labels": "labels to train, in the model's output order",
+    "label_source": "the labeler whose labels train the model: chexpert or negbio (the manifest's negbio_ columns)",
     "model": "architecture: " + ", ".join(MODEL_NAMES),
     "pretrained": '"" (random init), "imagenet" (timm download), or a state-dict/checkpoint path',
     "image_size": "model input side in pixels; cached squares are resized to it",
