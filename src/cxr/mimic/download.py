@@ -938,13 +938,18 @@ def download_metadata(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Su
         files = metadata_files(cfg.version)
         items, failed = plan_items(files, listing, base, JPG_PROJECT, JPG_SUMS)
         summary.failed.extend(failed)
-        to_fetch, skipped = split_present(items, dest)
-        summary.skipped = len(skipped)
-        if to_fetch:
-            _run_items(fetcher, to_fetch, dest, summary)
+        _fetch_missing(fetcher, items, dest, summary)
     finally:
         fetcher.close()
     return summary
+
+
+def _fetch_missing(fetcher: Fetcher, items: list[Item], dest: Path, summary: Summary) -> None:
+    """Fetch the items not already present and verified under `dest`; count the others skipped."""
+    to_fetch, skipped = split_present(items, dest)
+    summary.skipped = len(skipped)
+    if to_fetch:
+        _run_items(fetcher, to_fetch, dest, summary)
 
 
 def download_demographics(cfg: DownloadConfig, fetcher: Fetcher | None = None) -> Summary:
@@ -978,10 +983,7 @@ def download_demographics(cfg: DownloadConfig, fetcher: Fetcher | None = None) -
                 summary.failed.append((local, f"{remote} is not listed in {schema.SHA256SUMS}"))
                 continue
             items.append(Item(local, join_url(base, remote), digest, MIMIC_IV_PROJECT))
-        to_fetch, skipped = split_present(items, dest)
-        summary.skipped = len(skipped)
-        if to_fetch:
-            _run_items(fetcher, to_fetch, dest, summary)
+        _fetch_missing(fetcher, items, dest, summary)
     finally:
         fetcher.close()
     return summary
