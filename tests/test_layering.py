@@ -21,6 +21,7 @@ RANKS = {
     "stats": 2,
     "training": 3,
     "inference": 4,
+    "pretrained": 4.5,  # published and foundation models: above inference, below evaluation
     "evaluation": 5,
     "verify": 6,
     "view": 6,

@@ -1,0 +1,1 @@
+"""Published and foundation models: sources with their authors' preprocessing, embeddings on disk."""
