@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "evaluate",
     "compare",
+    "embed",
     "predict",
     "view",
 )

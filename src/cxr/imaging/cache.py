@@ -660,7 +660,7 @@ def _process_chunk(task: list[tuple[int, str]]) -> tuple[list[int], list[str | N
     return rows, errors
 
 
-class _Journal:
+class Journal:
     """This run's append-only journal file; each record is fsynced before it counts."""
 
     def __init__(self, d: Path, shard: tuple[int, int] | None) -> None:
@@ -762,7 +762,7 @@ def _run_tasks(
     from cxr.core.progress import make_progress
 
     workers = min(workers, len(tasks))
-    journal = _Journal(d, config.shard)
+    journal = Journal(d, config.shard)
     failed: list[tuple[str, str]] = []
     n_done = 0
     t0 = time.perf_counter()
