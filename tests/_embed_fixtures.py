@@ -58,3 +58,23 @@ class GridSource(ModelSource):
 
     def to(self, device):
         return self
+
+
+class GridClassifier(GridSource):
+    """A classifier with outputs for three CheXpert labels only (a published model's subset):
+    each probability is a sigmoid of one grid cell's mean, so it depends on the image."""
+
+    LABELS = ("Atelectasis", "Pleural Effusion", "Edema")
+
+    def __init__(self, name: str = "gridcls") -> None:
+        from cxr.mimic.schema import LABELS
+
+        super().__init__(name=name)
+        self.labels = self.LABELS
+        self.missing_labels = tuple(lab for lab in LABELS if lab not in self.LABELS)
+        self.provenance = {"spec": self.spec, "weights": "stand-in", "weights_sha256": "1" * 64}
+
+    def classify(self, x) -> np.ndarray:
+        feats = self.embed(x)
+        z = (feats[:, [0, 5, 10]] - 0.3) * 8
+        return (1 / (1 + np.exp(-z))).astype(np.float32)

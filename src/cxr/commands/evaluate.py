@@ -5,11 +5,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "evaluate a checkpoint on a split: metrics.json, predictions, figures, report.html"
+HELP = (
+    "evaluate a checkpoint or a published model on a split: metrics.json, predictions, report.html"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint (best.pt)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", type=Path, help="a cxr checkpoint (best.pt)")
+    which.add_argument(
+        "--model",
+        metavar="SOURCE",
+        help="a published model instead: xrv:<weights> (torchxrayvision, e.g. "
+        "xrv:densenet121-res224-mimic_ch) or cxr:<checkpoint>; scored from the image files with "
+        "its own preprocessing",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="with --model: its weights file, instead of the library's cache or download",
+    )
     parser.add_argument(
         "--split",
         default="validate",
@@ -80,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
+        "--workers", type=int, default=2, help="with --model: image decoding threads"
+    )
+    parser.add_argument(
         "--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda or cuda:N"
     )
 
@@ -98,13 +117,20 @@ def run(args: argparse.Namespace) -> int:
     from cxr.evaluation.subgroup_report import subgroup_lines
     from cxr.evaluation.subgroups import parse_attributes
 
-    if args.bootstrap < 0 or args.batch_size < 1 or args.min_positives < 0:
-        raise CxrError("--bootstrap and --min-positives must be >= 0 and --batch-size >= 1")
+    if args.bootstrap < 0 or args.batch_size < 1 or args.min_positives < 0 or args.workers < 1:
+        raise CxrError(
+            "--bootstrap and --min-positives must be >= 0, --batch-size and --workers >= 1"
+        )
+    if args.weights is not None and args.model is None:
+        raise CxrError("--weights goes with --model (a checkpoint carries its own weights)")
     if args.min_cell < 1:
         raise CxrError(f"--min-cell must be at least 1, got {args.min_cell}")
     subgroups = parse_attributes(args.subgroups)  # names checked here, "all" in evaluate()
     cfg = EvaluateConfig(
         checkpoint=args.checkpoint,
+        model=args.model,
+        weights=args.weights,
+        workers=args.workers,
         split=args.split,
         level=args.level,
         uncertain=args.uncertain,

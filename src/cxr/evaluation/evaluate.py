@@ -56,7 +56,10 @@ PREDICTIONS_STUDY = "predictions_study.csv"
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    checkpoint: Path
+    checkpoint: Path | None = None  # a cxr checkpoint, or:
+    model: str | None = None  # a model source (cxr.pretrained.registry), e.g. xrv:densenet121-...
+    weights: Path | None = None  # the source's weights file or directory (no hub, no download)
+    workers: int = 2  # image decoding threads for model sources that read image files
     split: str = "validate"
     level: str = "study"  # "study" or "image"
     uncertain: str = "exclude"  # or "negative"
@@ -79,7 +82,20 @@ class EvaluateConfig:
     data_root_given: bool = False
 
     def out_dir(self) -> Path:
-        return self.out or Path("reports") / Path(self.checkpoint).resolve().parent.name
+        if self.out:
+            return self.out
+        if self.model:
+            return Path("reports") / model_slug(self.model)
+        return Path("reports") / Path(self.checkpoint).resolve().parent.name
+
+
+def model_slug(spec: str) -> str:
+    """A model source's spec as a directory name: `xrv:densenet121-res224-all` ->
+    `xrv-densenet121-res224-all`, `cxr:models/run/best.pt` -> `cxr-run`."""
+    kind, _, rest = spec.partition(":")
+    if kind == "cxr" and rest:
+        return f"cxr-{Path(rest).resolve().parent.name}"
+    return "-".join(part for part in (kind, rest.replace("/", "-")) if part)
 
 
 @dataclass
@@ -236,8 +252,12 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         raise CxrError(f"--min-positives must be >= 0, got {cfg.min_positives}")
     if cfg.min_cell < 1:
         raise CxrError(f"--min-cell must be at least 1, got {cfg.min_cell}")
+    if (cfg.checkpoint is None) == (cfg.model is None):
+        raise CxrError("give either --checkpoint (a cxr run) or --model (a published model)")
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, device=str(device))
+    if cfg.model is not None:
+        return evaluate_source(cfg, protocol)
     model, ckpt, pre = load_model(cfg.checkpoint, cfg.device)
     labels = list(ckpt["labels"])
     manifest_path = Path(
@@ -292,6 +312,93 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
             evaluation, model, pre, cache, manifest, cfg.gallery_size, cfg.device
         )
     return evaluation
+
+
+def evaluate_source(cfg: EvaluateConfig, protocol: Protocol) -> Evaluation:
+    """A published model (`cfg.model`) scored exactly as a checkpoint: same splits, protocol,
+    operating points on validate, patient intervals and fingerprints. Its inputs are decoded from
+    the image files with its authors' preprocessing; the CheXpert labels it has no output for are
+    left out and named (metrics["model"]["labels_not_in_model"] and the macro's left-out list)."""
+    from cxr.core.hashing import file_sha256
+    from cxr.core.paths import DataPaths
+    from cxr.core.progress import phase
+    from cxr.evaluation.subgroups import resolve_attributes
+    from cxr.mimic.manifest import read_manifest
+    from cxr.mimic.synthetic import manifest_is_demo
+    from cxr.pretrained.registry import open_source
+
+    manifest_path = Path(os.path.abspath(cfg.manifest or DataPaths(cfg.data_root).manifest))
+    manifest = read_manifest(manifest_path)  # a missing manifest is reported before any loading
+    with phase(f"loading {cfg.model}"):
+        source = open_source(cfg.model, cfg.weights, device=cfg.device)
+    source.to(cfg.device)
+    if not source.labels:
+        raise CxrError(
+            f"{cfg.model}: an image encoder with no label outputs; score it with "
+            f"`cxr embed --model {cfg.model}` and then `cxr probe`"
+        )
+    labels = list(source.labels)
+    cfg = dataclasses.replace(cfg, subgroups=resolve_attributes(cfg.subgroups, manifest.columns))
+    check_sources(manifest, manifest_path, protocol, labels, cfg.subgroups)
+    views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
+    protocol = dataclasses.replace(protocol, views=views)
+    raw = _raw_dir(manifest_path, cfg.data_root)
+    radiologist = load_radiologist_table(raw) if protocol.labels == "radiologist" else None
+
+    predicted = {}
+    for split in dict.fromkeys(("validate", cfg.split)):
+        rows = _split_rows(manifest, split, labels)
+        if rows.height == 0:
+            raise InputError(f"{manifest_path}: no {split} images in the manifest")
+        probs, ok = _predict_source_rows(source, raw, rows, cfg, f"predict {split}")
+        kept = rows.filter(pl.Series(ok))
+        if kept.height == 0:
+            raise InputError(f"{manifest_path}: none of the {split} images could be read")
+        predicted[split] = (kept, rows.height - kept.height, probs[ok])
+
+    prov = source.provenance or {}
+    provenance = {
+        "model": cfg.model,
+        "weights": prov.get("weights"),
+        "weights_sha256": prov.get("weights_sha256"),
+        "manifest": str(manifest_path),
+        "manifest_sha256": file_sha256(manifest_path),
+        "cxr_version": __version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "synthetic_demo": manifest_is_demo(manifest_path),
+    }
+    lacking = {label: f"no output in {cfg.model}" for label in source.missing_labels}
+    model_info = {
+        "source": cfg.model,
+        "name": source.name,
+        "description": f"{cfg.model} (a published model, scored with its authors' preprocessing)",
+        "labels_not_in_model": list(source.missing_labels),
+        "source_provenance": prov,
+    }
+    evaluation = score_predictions(
+        cfg, protocol, labels, predicted, radiologist, provenance, model_info
+    )
+    evaluation.metrics["macro"].setdefault("left_out", {}).update(lacking)
+    return evaluation
+
+
+def _predict_source_rows(source, raw: Path, rows: pl.DataFrame, cfg: EvaluateConfig, what: str):
+    """(probabilities (n, L), readable mask (n,)) of a model source on manifest rows, in order."""
+    from cxr.core.progress import make_progress
+    from cxr.pretrained.batches import file_batches
+
+    paths = [raw / p for p in rows["image_path"].to_list()]
+    probs = np.full((len(paths), len(source.labels)), np.nan, dtype=np.float32)
+    ok = np.zeros(len(paths), dtype=bool)
+    with make_progress() as progress:
+        task = progress.add_task(what, total=len(paths))
+        for batch in file_batches(source, paths, cfg.batch_size, cfg.workers):
+            good = np.asarray(batch.positions)[np.asarray(batch.ok, dtype=bool)]
+            if batch.inputs is not None:
+                probs[good] = source.classify(batch.inputs)
+                ok[good] = True
+            progress.advance(task, len(batch.positions))
+    return probs, ok
 
 
 def check_sources(

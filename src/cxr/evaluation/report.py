@@ -412,13 +412,20 @@ def _counts_table(metrics: dict) -> str:
 
 def _provenance(metrics: dict) -> str:
     prov = metrics.get("provenance") or {}
+    if prov.get("model"):  # a published model (cxr evaluate --model)
+        weights = (
+            f"{prov['model']}: {prov.get('weights', '')} (SHA-256 {prov.get('weights_sha256', '')})"
+        )
+        scored = ("model", weights)
+    else:
+        scored = (
+            "checkpoint",
+            f"{prov.get('checkpoint', '')} (SHA-256 {prov.get('checkpoint_sha256', '')})",
+        )
     items = [
         ("protocol", protocol_text(metrics)),
         ("rows fingerprint", metrics.get("rows_fingerprint", "")),
-        (
-            "checkpoint",
-            f"{prov.get('checkpoint', '')} (SHA-256 {prov.get('checkpoint_sha256', '')})",
-        ),
+        scored,
         ("manifest", f"{prov.get('manifest', '')} (SHA-256 {prov.get('manifest_sha256', '')})"),
         ("cxr", f"{prov.get('cxr_version', '')}, {prov.get('date', '')}"),
     ]
@@ -430,6 +437,21 @@ def _provenance(metrics: dict) -> str:
         )
         + "</table>"
     )
+
+
+def _policy_sentence(policy: dict) -> str:
+    if not policy:
+        return "How the model was trained does not change which rows are scored."
+    return (
+        f"The training label policy ({policy_text(policy)}) does not change which rows are scored."
+    )
+
+
+def _model_line(model: dict) -> str:
+    """The line under the title: what was scored."""
+    if model.get("description"):
+        return str(model["description"])
+    return f"{model.get('arch')}, epoch {model.get('epoch')}, image size {model.get('image_size')}"
 
 
 def write_html(path: Path, evaluation, figures: dict[str, bytes], config: dict) -> None:
@@ -472,13 +494,11 @@ def write_html(path: Path, evaluation, figures: dict[str, bytes], config: dict) 
 <style>{_CSS}</style></head><body>
 {banner}
 <h1>cxr evaluation — {html.escape(metrics["split"])} split, {html.escape(metrics["level"])} level</h1>
-<p class="muted">{html.escape(str(model.get("arch")))}, epoch {html.escape(str(model.get("epoch")))},
-image size {html.escape(str(model.get("image_size")))}</p>
+<p class="muted">{html.escape(_model_line(model))}</p>
 {_provenance(metrics)}
 {note}
 <h2>Protocol</h2>
-<p>{html.escape(protocol_text(metrics))}. The training label policy
-({html.escape(policy_text(policy))}) does not change which rows are scored.
+<p>{html.escape(protocol_text(metrics))}. {html.escape(_policy_sentence(policy))}
 <b>Intervals:</b> {html.escape(interval)}. <b>Operating points</b>, chosen per label on the validate
 split's CheXpert labels and applied unchanged: {html.escape(ops)}.
 <b>Macro:</b> {html.escape(left_out_text(metrics))} (a label needs {metrics["min_positives"]} positive
