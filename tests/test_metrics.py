@@ -4,6 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from _scoring_data import noisy_scores
 from cxr.stats.metrics import (
     aggregate_studies,
     eval_targets,
@@ -14,12 +15,7 @@ from cxr.stats.metrics import (
 LABELS = ["A", "B", "C"]
 
 
-def _data(n=400, seed=0):
-    rng = np.random.default_rng(seed)
-    y = (rng.random((n, 3)) < [0.3, 0.1, 0.5]).astype(float)
-    p = np.clip(0.35 * y + 0.65 * rng.random((n, 3)), 0, 1).round(2)  # rounding makes ties
-    y[rng.random((n, 3)) < 0.1] = np.nan
-    return y, p
+_data = noisy_scores
 
 
 def test_ece_hand_case():

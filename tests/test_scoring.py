@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
+from _scoring_data import noisy_scores
 from cxr.evaluation.scoring import (
     ScoringConfig,
     choose_operating_points,
@@ -16,12 +17,7 @@ from cxr.evaluation.scoring import (
 LABELS = ["A", "B", "C"]
 
 
-def _data(n=400, seed=0):
-    rng = np.random.default_rng(seed)
-    y = (rng.random((n, 3)) < [0.3, 0.1, 0.5]).astype(float)
-    p = np.clip(0.35 * y + 0.65 * rng.random((n, 3)), 0, 1).round(2)  # rounding makes ties
-    y[rng.random((n, 3)) < 0.1] = np.nan
-    return y, p
+_data = noisy_scores
 
 
 def _fixed(t: float) -> dict:

@@ -32,45 +32,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exclude (and count) studies whose report is not under files/",
     )
-    demo = p.add_mutually_exclusive_group()
-    demo.add_argument(
+    # --X requires the source, --no-X leaves it out, neither: used when present.
+    p.add_argument(
         "--demographics",
-        dest="demographics",
-        action="store_const",
-        const="require",
-        default="auto",
-        help="add sex, age, race group and insurance from MIMIC-IV (<raw>/mimiciv/<version>/hosp/); "
-        "on by default when the files are present, required with this flag",
-    )
-    demo.add_argument(
-        "--no-demographics",
-        dest="demographics",
-        action="store_const",
-        const="off",
-        help="leave the MIMIC-IV demographics out even when present",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sex, age, race group and insurance from MIMIC-IV (<raw>/mimiciv/<version>/hosp/): "
+        "added when the files are present (default), required with --demographics, left out "
+        "with --no-demographics",
     )
     p.add_argument(
         "--mimic-iv-version",
         default=None,
         help="the MIMIC-IV version under <raw>/mimiciv/ to read (default: the newest present)",
     )
-    negbio = p.add_mutually_exclusive_group()
-    negbio.add_argument(
+    p.add_argument(
         "--negbio",
-        dest="negbio",
-        action="store_const",
-        const="require",
-        default="auto",
-        help="add the NegBio labels (negbio_<Label> columns); on by default when "
-        "mimic-cxr-2.0.0-negbio.csv.gz is present, required with this flag",
-    )
-    negbio.add_argument(
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the NegBio labels (negbio_<Label> columns) from mimic-cxr-2.0.0-negbio.csv.gz: "
+        "added when the file is present (default), required with --negbio, left out with "
         "--no-negbio",
-        dest="negbio",
-        action="store_const",
-        const="off",
-        help="leave the NegBio labels out even when present",
     )
+
+
+_MODE = {None: "auto", True: "require", False: "off"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
         views=views,
         infer_missing_views=args.infer_missing_views,
         require_reports=args.require_reports,
-        demographics=args.demographics,
+        demographics=_MODE[args.demographics],
         mimic_iv_version=args.mimic_iv_version,
-        negbio=args.negbio,
+        negbio=_MODE[args.negbio],
     )
     _, info = make_manifest(cfg)
     print_manifest_summary(info, cfg.out)

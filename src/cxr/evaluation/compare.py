@@ -25,7 +25,13 @@ from cxr.core.errors import InputError
 from cxr.core.jsonsafe import json_safe
 from cxr.evaluation.evaluate import Evaluation, read_evaluation
 from cxr.evaluation.protocol import label_fingerprint, rows_fingerprint
-from cxr.evaluation.targets import load_radiologist_table, targets, unit_keys, unit_rows
+from cxr.evaluation.targets import (
+    load_radiologist_table,
+    raw_dir_of,
+    targets,
+    unit_keys,
+    unit_rows,
+)
 from cxr.stats.bootstrap import paired_delta, percentile_interval
 from cxr.stats.delong import delong_test
 
@@ -188,9 +194,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     manifest = read_manifest(manifest_path)
     radiologist = None
     if first.protocol.labels == "radiologist":
-        from cxr.evaluation.evaluate import _raw_dir
-
-        radiologist = load_radiologist_table(_raw_dir(manifest_path, cfg.data_root))
+        radiologist = load_radiologist_table(raw_dir_of(manifest_path, cfg.data_root))
     y, groups = _rebuild_targets(first, manifest, radiologist, names[0])
     unit_ids = first.units[unit_keys(first.protocol.level)[-1]].to_list()
     for label in shared:

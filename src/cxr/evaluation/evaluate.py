@@ -38,7 +38,13 @@ from cxr.evaluation.scoring import (
     point_figures,
     score,
 )
-from cxr.evaluation.targets import load_radiologist_table, targets, unit_keys, unit_rows
+from cxr.evaluation.targets import (
+    load_radiologist_table,
+    raw_dir_of,
+    targets,
+    unit_keys,
+    unit_rows,
+)
 from cxr.stats.metrics import aggregate_studies, eval_targets
 
 SPLIT_NOTE = (
@@ -224,14 +230,6 @@ def _counts(units: pl.DataFrame, images: int, excluded: int) -> dict[str, int]:
     }
 
 
-def _raw_dir(manifest_path: Path, data_root: Path) -> Path:
-    from cxr.core.paths import DataPaths
-    from cxr.mimic.manifest import read_manifest_info
-
-    raw = read_manifest_info(manifest_path).get("raw_dir")
-    return Path(raw) if raw and Path(raw).is_dir() else DataPaths(data_root).raw
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -271,7 +269,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
     protocol = dataclasses.replace(protocol, views=views)
     radiologist = (
-        load_radiologist_table(_raw_dir(manifest_path, cfg.data_root))
+        load_radiologist_table(raw_dir_of(manifest_path, cfg.data_root))
         if protocol.labels == "radiologist"
         else None
     )
@@ -342,7 +340,7 @@ def evaluate_source(cfg: EvaluateConfig, protocol: Protocol) -> Evaluation:
     check_sources(manifest, manifest_path, protocol, labels, cfg.subgroups)
     views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
     protocol = dataclasses.replace(protocol, views=views)
-    raw = _raw_dir(manifest_path, cfg.data_root)
+    raw = raw_dir_of(manifest_path, cfg.data_root)
     radiologist = load_radiologist_table(raw) if protocol.labels == "radiologist" else None
 
     predicted = {}

@@ -106,3 +106,13 @@ def load_radiologist_table(raw_dir: Path) -> pl.DataFrame:
             "`cxr download metadata --version 2.1.0` fetches them (MIMIC-CXR-JPG 2.1.0)",
         )
     return read_radiologist_labels(path).table
+
+
+def raw_dir_of(manifest_path: Path, data_root: Path) -> Path:
+    """The raw tree a manifest was built from (manifest.json's raw_dir when it still exists),
+    else the data root's raw/: where the image files and label CSVs of its rows are."""
+    from cxr.core.paths import DataPaths
+    from cxr.mimic.manifest import read_manifest_info
+
+    raw = read_manifest_info(manifest_path).get("raw_dir")
+    return Path(raw) if raw and Path(raw).is_dir() else DataPaths(data_root).raw
