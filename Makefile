@@ -8,7 +8,7 @@ DEMO_PATIENTS ?= 160
 CXR     := $(BIN)/cxr
 
 .PHONY: demo test test-fast lint venv demo-data verify manifest verify-manifest reports preprocess \
-	train demo-train evaluate clean-demo real-data download-metadata download-subset
+	train demo-train evaluate demo-probe clean-demo real-data download-metadata download-subset
 
 venv: $(STAMP)
 
@@ -67,6 +67,13 @@ evaluate: $(STAMP)
 	$(CXR) --data-dir $(DATA) evaluate --checkpoint $(CHECKPOINT) --out $(EVAL_OUT) --split $(SPLIT) \
 		$(if $(SUBGROUPS),--subgroups $(SUBGROUPS))
 
+# Pretrained features on the demo (after make demo): the demo model's penultimate features,
+# linear probes on 10%, 30% and all of the training patients, the full probe next to the model.
+demo-probe: $(STAMP)
+	$(CXR) --data-dir $(DATA) embed --model cxr:models/demo/best.pt
+	$(CXR) --data-dir $(DATA) probe --embeddings cxr-demo --fractions 0.1,0.3,1.0 --out reports/probe-demo
+	$(CXR) --data-dir $(DATA) compare reports/probe-demo/fraction-1.0 reports/demo
+
 # Real data, the data guide's order (PhysioNet credentials in PHYSIONET_USERNAME /
 # PHYSIONET_PASSWORD or ~/.netrc): the CSVs, the subset's manifest, its images and reports, the
 # checks, then the manifest again with the reports' sections. Then: make preprocess train evaluate.
@@ -95,4 +102,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean-demo:
-	rm -rf $(DATA)/raw $(DATA)/processed $(DATA)/interim models/demo reports/demo $(LAST_RUN)
+	rm -rf $(DATA)/raw $(DATA)/processed $(DATA)/interim models/demo reports/demo reports/probe-demo $(LAST_RUN)

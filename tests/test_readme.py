@@ -29,6 +29,8 @@ FASTER = {
     "demo": ["--n-patients", "30"],
     "train": ["epochs=2"],
     "evaluate": ["--bootstrap", "50"],
+    "probe": ["--bootstrap", "50"],
+    "compare": ["--bootstrap", "50"],
 }
 # The GPU recipe on the CPU: a small model, one epoch; the sizes (224 px from the 256 px cache)
 # are the recipe's own.
@@ -88,6 +90,17 @@ def test_the_demo_sequence_runs_step_by_step(workdir, capsys):
     metrics = json.loads((workdir / "reports" / "demo" / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["provenance"]["synthetic_demo"] is True
     assert "Synthetic demo data" in (workdir / "reports" / "demo" / "report.html").read_text()
+
+    # The pretrained-models example continues from what the demo left.
+    probe = sequence("probe")
+    assert [shlex.split(ln)[1] for ln in probe] == ["embed", "probe", "compare"]
+    for line in probe:
+        command = shlex.split(line)[1]
+        printed[command] = run(line, FASTER.get(command, []), capsys)
+    result = json.loads((workdir / "reports" / "probe-demo" / "probe.json").read_text())
+    assert len(result["fractions"]) == 3
+    compared = workdir / "reports" / "probe-demo" / "compare-fraction-1.0-vs-demo"
+    assert json.loads((compared / "compare.json").read_text())["labels"]
 
 
 def _served(tree: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
