@@ -87,7 +87,9 @@ def torch_provided(name: str) -> bool:
 
 def requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
     """cxr's run-time requirements (as pyproject.toml states them) less those torch provides."""
-    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    project = tomllib.loads(pyproject.read_text())["project"]
+    # The models extra too: cxr embed and cxr evaluate --model run on the GPU machine.
+    deps = project["dependencies"] + project.get("optional-dependencies", {}).get("models", [])
     out = []
     for dep in deps:
         name = re.match(r"[A-Za-z0-9_.-]+", dep.strip())
@@ -367,6 +369,18 @@ def bench_figures(device: str) -> Figures:
     return figures
 
 
+def embed_figures(device: str) -> Figures:
+    def figures(output: str, work: Path) -> dict[str, str]:
+        if f"device {device}" not in output:
+            raise StepFailed(f"bench_embed.py did not run on {device}")
+        found = re.findall(r"^(\S+(?: \(image cache\))?)\s+([\d.]+) images/s", output, re.M)
+        if not found:
+            raise StepFailed("bench_embed.py printed no images/s figure")
+        return {f"embed {name} img/s": value for name, value in found}
+
+    return figures
+
+
 def compare_figures(output: str, work: Path) -> dict[str, str]:
     found = re.search(r"max \|p_a - p_b\| = ([\d.e+-]+) over (\d+) values", output)
     if not found:
@@ -416,11 +430,13 @@ def steps(work: Path, python: str = sys.executable, device: str = "cuda") -> lis
     demo_cfg = str(REPO / "configs" / "demo.toml")
     dense_size = "224" if cuda else "64"
     bench = "--model densenet121 --size 224 --cache-size 256 --batch 256 --images 4096"
+    embed = "--images 64 --batch-size 32 --workers 8 --device cuda"
     short: tuple[str, ...] = ()  # every batch of every epoch
     images = f"{data}/raw/files"
     top: tuple[str, ...] = ()
     if not cuda:
         bench = "--model cxr_small --size 64 --cache-size 64 --batch 8 --images 64 --steps 2"
+        embed = "--images 2 --batch-size 2 --device cpu --sources cxr"
         short = ("limit_train_batches=2",)
         images = f"{data}/raw/files/p10"  # a tenth of the patients
         top = ("--top-k", "1")  # one Grad-CAM per image, not three
@@ -492,6 +508,9 @@ def steps(work: Path, python: str = sys.executable, device: str = "cuda") -> lis
         Step("bench_train", "benchmarks/bench_train.py: DenseNet-121, batch 256, bf16, channels_last",
              (python, str(REPO / "benchmarks" / "bench_train.py"), *bench.split()),
              180, (), bench_figures(device)),
+        Step("bench_embed", "benchmarks/bench_embed.py: cxr embed per source, stand-in weights",
+             (python, str(REPO / "benchmarks" / "bench_embed.py"), *embed.split()),
+             240, (), embed_figures(device)),
     ]  # fmt: skip
 
 

@@ -171,6 +171,7 @@ def test_the_steps_cover_every_cuda_path(tmp_path):
     assert has("evaluate", "--device cuda") and has("evaluate", "--device cpu")
     assert has("predict", "--device cuda", "--cam", "densenet121/best.pt")
     assert has("bench_train.py", "--model densenet121", "--size 224")
+    assert has("bench_embed.py", "--device cuda")
     assert all(s.timeout <= gc.BUDGET_S for s in plan)
 
 
@@ -190,13 +191,16 @@ def test_every_command_line_fits_the_code(tmp_path, device):
     from cxr.training.config import load_train_config
 
     parser = build_parser()
-    bench_options = {
-        node.args[0].value
-        for node in ast.walk(ast.parse((REPO / "benchmarks" / "bench_train.py").read_text()))
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "attr", "") == "add_argument"
-        and isinstance(node.args[0], ast.Constant)
-    }
+
+    def declared(script: str) -> set[str]:
+        return {
+            node.args[0].value
+            for node in ast.walk(ast.parse((REPO / "benchmarks" / script).read_text()))
+            if isinstance(node, ast.Call)
+            and getattr(node.func, "attr", "") == "add_argument"
+            and isinstance(node.args[0], ast.Constant)
+        }
+
     checked = 0
     for step in gc.steps(tmp_path, "python3", device):
         args = _cxr_args(step.argv)
@@ -206,9 +210,10 @@ def test_every_command_line_fits_the_code(tmp_path, device):
             if ns.command == "train" and not ns.resume:
                 cfg = load_train_config(ns.config, ns.overrides)
                 assert cfg.device == device
-        elif step.argv[1].endswith("bench_train.py"):
+        elif step.argv[1].endswith(".py") and "benchmarks" in step.argv[1]:
+            script = Path(step.argv[1]).name
             given = {a for a in step.argv[2:] if a.startswith("--")}
-            assert given <= bench_options, given - bench_options
+            assert given <= declared(script), given - declared(script)
     assert checked >= 12
 
 
@@ -263,6 +268,28 @@ def test_bench_figures_match_what_bench_train_prints():
     for text in ("model alone (synthetic batch on", "end to end (cache, loader, augmentation, step)",
                  "ratio end to end / model alone:", 'f"device {device}, model'):  # fmt: skip
         assert text in source
+
+
+@pytest.mark.slow
+def test_embed_figures_read_what_bench_embed_prints(tmp_path):
+    """bench_embed.py run for real on the CPU (the cxr source only, two images): its output
+    gives one images/s figure per way of reading the images."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(REPO / "benchmarks" / "bench_embed.py"), "--images", "2"),
+            *("--batch-size", "2", "--device", "cpu", "--sources", "cxr"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = gc.embed_figures("cpu")(proc.stdout, tmp_path)
+    assert set(figures) == {"embed cxr img/s", "embed cxr (image cache) img/s"}
+    assert all(float(v) > 0 for v in figures.values())
+    with pytest.raises(gc.StepFailed):
+        gc.embed_figures("cuda")(proc.stdout, tmp_path)
 
 
 def _predictions(path: Path, rows: dict[str, list[float]]) -> Path:
@@ -367,6 +394,7 @@ def test_requirements_are_pyproject_s_less_torch():
     reqs = gc.requirements()
     names = {gc.normalize(r.split(">")[0].split("=")[0]) for r in reqs}
     assert {"polars", "pydicom", "timm", "scikit-learn", "tensorboard"} <= names
+    assert {"transformers", "torchxrayvision"} <= names  # the models extra runs there too
     assert not names & {"torch", "torchvision", "numpy", "pillow"}
 
 
