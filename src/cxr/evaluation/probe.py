@@ -526,7 +526,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
             for j in range(len(labels))
         ]
         with make_progress() as progress:
-            task = progress.add_task(f"fraction {fraction:g}: fit", total=len(jobs))
+            task = progress.add_task(f"fraction {fraction!r}: fit", total=len(jobs))
             fits = _fit_labels(jobs, cfg.workers, (progress, task))
         results.append(
             _score_fraction(shared, fraction, int(patients.size), int(chosen.sum()), fits)

@@ -172,7 +172,7 @@ def write_probe(result: ProbeResult, out: Path) -> Path:
         if fr.evaluation is None:
             continue
         d = out / fraction_name(fr.fraction)
-        with phase(f"fraction {fr.fraction:g}: metrics, figures and report.html"):
+        with phase(f"fraction {fr.fraction!r}: metrics, figures and report.html"):
             write_evaluation(fr.evaluation, d)
             write_report(fr.evaluation, d, {**config, "fraction": fr.fraction})
     s = summary(result)
@@ -191,9 +191,11 @@ def efficiency_png(s: dict[str, Any]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     points = [fr for fr in s["fractions"] if fr["macro"] and fr["macro"]["auroc"] is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    ax.set_xscale("log")  # before the ticks: setting the scale replaces them
     if points:
         xs = [fr["fraction"] for fr in points]
         ys = [fr["macro"]["auroc"] for fr in points]
@@ -205,16 +207,16 @@ def efficiency_png(s: dict[str, Any]) -> bytes:
                 f"{fr['patients']} pat.",
                 (x, y),
                 textcoords="offset points",
-                xytext=(0, -16),
-                ha="center",
+                xytext=(7, -12),
+                ha="left",
                 fontsize=8,
                 color="#555",
             )
-        ax.set_xticks(xs, [f"{x:g}" for x in xs])
-        ax.minorticks_off()
+        ax.set_xticks(xs, [f"{x!r}" for x in xs])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
     else:
         ax.text(0.5, 0.5, "no fraction has a macro AUROC", ha="center", transform=ax.transAxes)
-    ax.set_xscale("log")
     ax.set_xlabel("fraction of the training patients (log scale)")
     ax.set_ylabel(f"macro AUROC, {s['split']} split (95% CI)")
     ax.set_title(f"Linear probe on {s['embeddings']['name']} embeddings", fontsize=11)
@@ -261,12 +263,12 @@ def _html(s: dict[str, Any], png: bytes) -> str:
             f'<a href="{esc(fr["dir"])}/report.html">report</a>' if fr["dir"] else "no label fitted"
         )
         rows.append(
-            f"<tr><td>{fr['fraction']:g}</td><td>{fr['patients']}</td><td>{fr['images']}</td>"
+            f"<tr><td>{fr['fraction']!r}</td><td>{fr['patients']}</td><td>{fr['images']}</td>"
             f"<td>{_ci_html(macro.get('auroc'), macro.get('auroc_ci'))}</td>"
             f"<td>{macro.get('n_labels', 0)}</td><td>{link}</td></tr>"
         )
     labels = list(dict.fromkeys(lab for fr in fractions for lab in fr["labels"]))
-    head = "".join(f"<th>{fr['fraction']:g}</th>" for fr in fractions)
+    head = "".join(f"<th>{fr['fraction']!r}</th>" for fr in fractions)
     per_label = []
     for label in labels:
         cells = []
