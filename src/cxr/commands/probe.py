@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = (
-    "linear probes on `cxr embed` embeddings per fraction of training patients, scored as evaluate"
-)
+HELP = "linear probes on stored embeddings per fraction of the training patients"
 
 # Written out so that building the parser imports nothing heavy; tests/test_probe.py checks they
 # equal the library's defaults (cxr.evaluation.probe) and `cxr train`'s (TrainConfig).
