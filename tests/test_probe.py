@@ -258,6 +258,7 @@ def test_each_fraction_is_an_evaluation_directory(probed):
         assert ev.p.shape == (ev.units.height, len(ev.labels))
         page = (d / "report.html").read_text()
         assert "linear probe on toy embeddings" in page and "embed.json SHA-256" in page
+        assert "Grad-CAM, which needs a cxr checkpoint" in page  # no gallery to show
     assert (out / "fraction-1.0").is_dir() and (out / "fraction-0.05").is_dir()
 
 
@@ -337,7 +338,7 @@ def test_no_subject_id_in_any_output_or_printed_text(probed):
         (["--fractions", "nan"], "--fractions: 'nan' is not a finite number"),
         (["--C", "0,1"], "--C: 0 is not positive"),
         (["--C", "1,1"], "--C: a value is repeated"),
-        (["--workers", "0"], "--workers and --max-iter must be >= 1"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
         (["--bootstrap", "-1"], "--bootstrap must be >= 0"),
         (["--labels", "radiologist", "--split", "validate"], "radiologists labelled test studies"),
     ],

@@ -53,7 +53,11 @@ DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # The training defaults of `cxr train`, read from its config so the two cannot drift apart.
 _TRAIN_DEFAULTS = TrainConfig()
-C_CHOSEN_ON = "validate split AUROC under the evaluation protocol, at the evaluation level"
+C_CHOSEN_ON = (
+    "validate split AUROC at the evaluation level (studies: mean of image probabilities), against "
+    "the targets operating points are chosen on (CheXpert's; NegBio's under --labels negbio), "
+    "uncertain as the protocol says"
+)
 
 
 @dataclass(frozen=True)
@@ -380,8 +384,10 @@ def _check_config(cfg: ProbeConfig) -> Protocol:
         raise CxrError("--C: positive values in increasing order are needed")
     if cfg.min_positives < 0 or cfg.n_bootstrap < 0:
         raise CxrError("--min-positives and --bootstrap must be >= 0")
-    if cfg.workers < 1 or cfg.max_iter < 1 or not cfg.tol > 0:
-        raise CxrError("--workers and --max-iter must be >= 1 and --tol positive")
+    if cfg.workers < 1:
+        raise CxrError(f"--workers must be at least 1, got {cfg.workers}")
+    if cfg.max_iter < 1 or not cfg.tol > 0:
+        raise CxrError(f"max_iter must be >= 1 and tol positive, got {cfg.max_iter}, {cfg.tol}")
     if cfg.label_source not in ("chexpert", "negbio"):
         raise CxrError(f"--label-source: {cfg.label_source!r} is not one of chexpert, negbio")
     return protocol

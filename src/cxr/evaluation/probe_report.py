@@ -307,7 +307,7 @@ on standardised embeddings of the train split's images, label policy
 {esc(policy_text(s["training"]["label_policy"]))}, {esc(s["training"]["label_source"])} labels;
 {esc(s["training"]["subsets"])} (seed {s["seed"]}; {s["training"]["patients"]} patients,
 {s["training"]["images"]} images in all). <b>C</b> from {esc(", ".join(f"{c:g}" for c in s["C_grid"]))},
-chosen per label and fraction on the {esc(s["C_chosen_on"])}; the validate split also fixes the
+chosen per label and fraction by {esc(s["C_chosen_on"])}; the validate split also fixes the
 operating points, so it is never the evaluated split unless asked.</p>
 {notes}
 <h2>Label efficiency</h2>
