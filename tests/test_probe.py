@@ -368,6 +368,20 @@ def test_missing_and_incomplete_stores_are_one_line_errors(probed, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_no_label_to_fit_in_any_fraction_is_one_line(tmp_path):
+    fx = make_probe_data(tmp_path / "data", n_patients={"train": 20, "validate": 12, "test": 12})
+    df = pl.read_parquet(fx.manifest)
+    blank = pl.when(pl.col("split") == "train").then(None)
+    df.with_columns(*(blank.otherwise(pl.col(lab)).alias(lab) for lab in LABELS)).write_parquet(
+        fx.manifest
+    )
+    args = ["--embeddings", NAME, "--out", str(tmp_path / "o"), "--missing-policy", "ignore"]
+    code, _, stderr = _run(fx.root, *args)
+    assert code == 1 and stderr.count("\n") == 1
+    assert "no label has both classes among the train images of any fraction" in stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_out_that_is_a_file_is_refused(probed, tmp_path):
     fx, *_ = probed
     target = tmp_path / "file"

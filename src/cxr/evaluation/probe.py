@@ -537,6 +537,12 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         results.append(
             _score_fraction(shared, fraction, int(patients.size), int(chosen.sum()), fits)
         )
+    if all(r.evaluation is None for r in results):
+        raise InputError(
+            f"{manifest_path}: no label has both classes among the train images of any "
+            f"fraction under the training policy ({cfg.label_source} labels, "
+            f"uncertain={cfg.policy.uncertain}, missing={cfg.policy.missing}); nothing to score"
+        )
     return ProbeResult(
         config=cfg,
         store=Path(os.path.abspath(emb.dir)),
