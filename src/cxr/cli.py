@@ -32,6 +32,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "compare",
     "embed",
+    "probe",
     "predict",
     "view",
 )

@@ -412,7 +412,12 @@ def _counts_table(metrics: dict) -> str:
 
 def _provenance(metrics: dict) -> str:
     prov = metrics.get("provenance") or {}
-    if prov.get("model"):  # a published model (cxr evaluate --model)
+    if prov.get("embeddings"):  # a linear probe on stored embeddings (cxr probe)
+        scored = (
+            "embeddings",
+            f"{prov['embeddings']} (embed.json SHA-256 {prov.get('embeddings_sha256', '')})",
+        )
+    elif prov.get("model"):  # a published model (cxr evaluate --model)
         weights = (
             f"{prov['model']}: {prov.get('weights', '')} (SHA-256 {prov.get('weights_sha256', '')})"
         )
@@ -516,16 +521,26 @@ digits of each label's rows fingerprint: two results are comparable on a label e
 <h2>ROC curves</h2>{img(figures["roc"], "ROC curves")}
 <h2>Precision-recall curves</h2>{img(figures["pr"], "PR curves")}
 <h2>Calibration</h2>{img(figures["reliability"], "reliability diagram")}
-<h2>Most confident errors</h2>
-<p class="muted">False positives with the highest probability and false negatives with the lowest,
-over all labels, at each label's Youden threshold; left the image as the model saw it, right its
-Grad-CAM for the label.</p>
-<div class="gallery">{"".join(cards) or "<p>No errors at the chosen thresholds.</p>"}</div>
+{_gallery_section(metrics, cards)}
 <h2>Run configuration</h2>
 <pre>{html.escape(json.dumps(config, indent=2, default=str))}</pre>
 </body></html>
 """
     write_text_atomic(path, page)
+
+
+def _gallery_section(metrics: dict, cards: list[str]) -> str:
+    if not (metrics.get("provenance") or {}).get("checkpoint"):
+        return (
+            '<h2>Most confident errors</h2><p class="muted">None shown: the gallery explains '
+            "errors with Grad-CAM, which needs a cxr checkpoint; this evaluation scored "
+            f"{html.escape(_model_line(metrics.get('model') or {}))}.</p>"
+        )
+    return f"""<h2>Most confident errors</h2>
+<p class="muted">False positives with the highest probability and false negatives with the lowest,
+over all labels, at each label's Youden threshold; left the image as the model saw it, right its
+Grad-CAM for the label.</p>
+<div class="gallery">{"".join(cards) or "<p>No errors at the chosen thresholds.</p>"}</div>"""
 
 
 def policy_text(policy: dict) -> str:
