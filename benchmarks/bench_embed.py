@@ -191,7 +191,9 @@ def main() -> None:
         root = Path(tmp)
         t0 = time.perf_counter()
         manifest = write_images(root, args.images)
-        print(f"{args.images} synthetic JPEGs of 2544 x 3056 written in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"{args.images} synthetic JPEGs of 2544 x 3056 written in {time.perf_counter() - t0:.0f} s"
+        )
         interim = root / "interim"
         runs = []
         if "xrv" in wanted:
@@ -210,8 +212,13 @@ def main() -> None:
             label = spec.split(":")[0] + (" (image cache)" if isinstance(cache, Path) else "")
             out = root / f"embed-{len(label)}-{label[:3]}"
             seconds, done = time_embed(
-                spec, weights, manifest, interim if isinstance(cache, Path) else root / "none",
-                out, args, cache if isinstance(cache, Path) else None,
+                spec,
+                weights,
+                manifest,
+                interim if isinstance(cache, Path) else root / "none",
+                out,
+                args,
+                cache if isinstance(cache, Path) else None,
             )
             line = f"{label:<20} {done / seconds:7.2f} images/s  ({done} images, {seconds:.1f} s)"
             if not isinstance(cache, Path):
