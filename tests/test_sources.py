@@ -45,6 +45,18 @@ def _one_line(message: str) -> str:
 # ----------------------------------------------------------------------------- stand-ins
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Small models, many forward passes: one thread. With two, a second core busy elsewhere
+    stalls every parallel region (seconds per DenseNet forward on a shared two-core machine).
+    Each comparison runs both sides in this process, so the thread count cannot hide a
+    difference."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _OldThnnBackend:
     """What nn.Module._backend pickled as before torch 1.5."""
 
@@ -178,26 +190,31 @@ def test_xrv_outputs_are_the_library_forward(densenet, xrv_files, images, monkey
     source = sources["zip"]
     x = torch.stack([source.load(images["jpeg"]), source.load(images["png"])])
     ref = _xrv_reference(densenet, MIMIC_CH)
+    columns = _xrv_columns(source.labels)
     with torch.inference_mode():
-        expected = ref(x)[:, _xrv_columns(source.labels)].numpy()
-        features = ref.features2(x).numpy()
-        sigmoid = torch.sigmoid(ref.classifier(ref.features2(x))).numpy()
+        features = ref.features2(x)
+        expected = ref(x)[:, columns].numpy()
+        sigmoid = torch.sigmoid(ref.classifier(features))[:, columns].numpy()
     got = source.classify(x)
     assert got.shape == (2, 11) and got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
-    # op_norm was applied: not the bare sigmoid, but the same order within each label
-    assert not np.allclose(got, sigmoid[:, _xrv_columns(source.labels)])
-    np.testing.assert_array_equal(source.embed(x), features)
-    assert source.dim == 1024 and source.embed(x).shape == (2, 1024)
+    # op_norm was applied: not the bare sigmoid
+    assert not np.allclose(got, sigmoid)
+    embedding = source.embed(x)
+    assert source.dim == 1024 and embedding.shape == (2, 1024)
+    np.testing.assert_array_equal(embedding, features.numpy())
     for kind in ("legacy", "state"):
         np.testing.assert_array_equal(sources[kind].classify(x), got)
-        np.testing.assert_array_equal(sources[kind].embed(x), features)
 
 
-def test_xrv_source_fields(xrv_files):
+def test_xrv_source_fields(xrv_files, capfd):
     from cxr.core.hashing import file_sha256
 
     source = open_source("xrv:mimic_ch", weights=xrv_files["zip"])
+    # the library's notes (here: an input not at 224 px, not in [-1024, 1024]) go to stderr
+    source.classify(torch.zeros(1, 1, 100, 100))
+    out, err = capfd.readouterr()
+    assert out == "" and "native resolution" in err
     assert source.name == "xrv-densenet121-res224-mimic_ch"
     assert source.spec == "xrv:mimic_ch"
     assert source.reads == "jpeg"
@@ -462,7 +479,7 @@ def test_raddino_offline_is_one_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = _one_line(proc.stdout.strip())
     assert "microsoft/rad-dino" in text and str(tmp_path / "hf" / "hub") in text
-    assert "--weights DIR" in text and "huggingface-cli download" in text
+    assert "--weights DIR" in text and "hf download" in text
     assert "Traceback" not in proc.stderr
 
 
@@ -529,11 +546,13 @@ def test_raddino_preprocessing_and_embedding_are_the_library_calls(dino_dir, ima
     np.testing.assert_array_equal(got, expected.last_hidden_state[:, 0].numpy())
 
 
-def test_raddino_fields_and_errors(dino_dir, tmp_path):
+def test_raddino_fields_and_errors(dino_dir, tmp_path, capfd):
     from cxr.core.hashing import file_sha256
     from cxr.imaging.images import ImageReadError
 
+    capfd.readouterr()
     source = open_source("rad-dino", weights=dino_dir)
+    assert capfd.readouterr() == ("", "")  # no progress bars, no advisory warnings
     assert (source.name, source.reads, source.labels) == ("rad-dino", "jpeg", ())
     assert source.provenance["weights_sha256"] == file_sha256(dino_dir / "model.safetensors")
     assert source.provenance["transformers"] == transformers.__version__
@@ -546,7 +565,7 @@ def test_raddino_fields_and_errors(dino_dir, tmp_path):
     with pytest.raises(ImageReadError) as err:
         source.load(bad)
     assert "p11000001" not in _one_line(str(err.value))
-    with pytest.raises(MissingInput, match="huggingface-cli download"):
+    with pytest.raises(MissingInput, match="hf download"):
         open_source("rad-dino", weights=tmp_path / "absent")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CxrError) as err:

@@ -1,8 +1,8 @@
 """`rad-dino`: Microsoft's RAD-DINO chest X-ray encoder (microsoft/rad-dino) through transformers.
 
 The model and its image processor come from the Hugging Face hub id, or from `--weights DIR`, a
-directory holding both (`huggingface-cli download microsoft/rad-dino --local-dir DIR`, or
-`save_pretrained` of each). Weights are read from safetensors only (`use_safetensors=True`), so
+directory holding both (`hf download microsoft/rad-dino --local-dir DIR`, huggingface_hub's
+command line; `huggingface-cli download` before its 1.0; or `save_pretrained` of each). Weights are read from safetensors only (`use_safetensors=True`), so
 no pickle is involved.
 
 Preprocessing is the processor's own, applied to the file as PIL opens it: JPEG and PNG as they
@@ -143,7 +143,7 @@ def open_raddino(spec: str, weights: Path | None = None, device="cpu") -> RadDin
             raise MissingInput(
                 weights,
                 "RAD-DINO directory",
-                f"`huggingface-cli download {HUB_ID} --local-dir DIR` writes one",
+                f"`hf download {HUB_ID} --local-dir DIR` writes one",
             )
         if not weights.is_dir():
             raise CxrError(
@@ -163,7 +163,7 @@ def open_raddino(spec: str, weights: Path | None = None, device="cpu") -> RadDin
         )
         raise CxrError(
             f"rad-dino: cannot load the model from {tried} ({first_line(exc, 160)}); on a "
-            f"machine with internet run `huggingface-cli download {HUB_ID} --local-dir DIR` "
+            f"machine with internet run `hf download {HUB_ID} --local-dir DIR` "
             "(or save_pretrained the model and its processor) and pass --weights DIR"
         ) from None
     model.eval()

@@ -177,6 +177,10 @@ def weights_path(canonical: str, entry: dict, weights: Path | None) -> Path:
     url = entry["weights_url"]
     if weights is not None:
         weights = Path(weights).expanduser()
+        if weights.is_dir():
+            raise CxrError(
+                f"{weights}: is a directory; xrv:{canonical} --weights takes the .pt file"
+            )
         if not weights.is_file():
             raise MissingInput(
                 weights, "weights file", f"download {url} and pass that file with --weights"
