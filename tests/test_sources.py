@@ -460,27 +460,49 @@ def test_xrv_downloads_into_the_library_cache_once(xrv_files, tmp_path, monkeypa
         server.server_close()
 
 
-def test_raddino_offline_is_one_line(tmp_path):
-    """HF_HUB_OFFLINE=1 and an empty HF_HOME (read at import, hence a fresh process)."""
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        "PYTHONPATH": str(SRC),
-    }
+def test_raddino_offline_is_one_line_and_reads_the_hub_cache(tmp_path, dino_dir):
+    """HF_HUB_OFFLINE=1 (read at import, hence a fresh process): with an empty HF_HOME, one
+    line; once the hub cache holds microsoft/rad-dino, it loads from there, and the provenance
+    names the cached weight file, its SHA-256 and the revision."""
+    from cxr.core.hashing import file_sha256
+
+    hf_home = tmp_path / "hf"
+    repo = hf_home / "hub" / "models--microsoft--rad-dino"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "PYTHONPATH": str(SRC)}
     code = (
+        "import json, shutil, sys\n"
+        "from pathlib import Path\n"
         "from cxr.core.errors import CxrError\n"
         "from cxr.pretrained.registry import open_source\n"
         "try:\n    open_source('rad-dino')\nexcept CxrError as e:\n    print(e)\n"
+        "snap = Path(sys.argv[1]) / 'snapshots' / sys.argv[2]\n"
+        "shutil.copytree(sys.argv[3], snap)\n"
+        "(Path(sys.argv[1]) / 'refs').mkdir()\n"
+        "(Path(sys.argv[1]) / 'refs' / 'main').write_text(sys.argv[2])\n"
+        "source = open_source('rad-dino')\n"
+        "print(json.dumps([source.name, source.dim, source.provenance]))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, str(repo), revision, str(dino_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
-    text = _one_line(proc.stdout.strip())
-    assert "microsoft/rad-dino" in text and str(tmp_path / "hf" / "hub") in text
-    assert "--weights DIR" in text and "hf download" in text
+    message, loaded = proc.stdout.strip().split("\n")
+    _one_line(message)
+    assert "microsoft/rad-dino" in message and str(hf_home / "hub") in message
+    assert "--weights DIR" in message and "hf download" in message
     assert "Traceback" not in proc.stderr
+    import json
+
+    name, dim, provenance = json.loads(loaded)
+    assert (name, dim) == ("rad-dino", 32)
+    assert provenance["model"] == "microsoft/rad-dino"
+    assert provenance["weights_file"].startswith(str(repo / "snapshots" / revision))
+    assert provenance["weights_sha256"] == file_sha256(dino_dir / "model.safetensors")
 
 
 # ----------------------------------------------------------------------------- rad-dino
