@@ -309,6 +309,20 @@ def test_unreadable_image_is_one_line_with_the_patient_masked(xrv_files, tmp_pat
         assert words in text and "p10000032" not in text and "p********" in text
 
 
+def test_monochrome1_dicom_warns_no_patient_path(xrv_files, tmp_path):
+    """torchxrayvision's reader warns about MONOCHROME1 with the file's path; not through cxr."""
+    import warnings
+
+    source = open_source("xrv:mimic_ch", weights=xrv_files["zip"])
+    path = tmp_path / "files" / "p10" / "p10000032" / "s50414267" / "inverted.dcm"
+    path.parent.mkdir(parents=True)
+    write_dicom(path, xray_like(64, 48).astype(np.uint16) * 16, photometric="MONOCHROME1")
+    with warnings.catch_warnings(record=True) as caught:
+        x = source.load(path)
+    assert x.shape == (1, 224, 224)
+    assert not [w for w in caught if "p10000032" in str(w.message)]
+
+
 # ----------------------------------------------------------------------------- safe loading
 
 

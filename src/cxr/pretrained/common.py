@@ -77,7 +77,13 @@ def resolve_device(device):
 
 def import_torchxrayvision():
     """torchxrayvision, imported without its import-time `warnings.filterwarnings("ignore")`
-    reaching the rest of the process (which would hide every later warning, cxr's own too)."""
+    reaching the rest of the process (which would hide every later warning, cxr's own too).
+
+    Once imported it is returned as it is: `catch_warnings` swaps the process-wide filter list,
+    so entering it from the threads that decode images would race."""
+    module = sys.modules.get("torchxrayvision")
+    if module is not None:
+        return module
     import torch  # noqa: F401  (first, outside the block: its own filters stay in force)
 
     with warnings.catch_warnings():
