@@ -61,8 +61,11 @@ class SmallCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(feats), 1))
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits; with `pre_logits`, the pooled features the classifier reads (timm's meaning),
+        which `cxr embed` stores as a checkpoint's embedding."""
+        pooled = torch.flatten(self.pool(feats), 1)
+        return pooled if pre_logits else self.classifier(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
