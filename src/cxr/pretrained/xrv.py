@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,8 +107,7 @@ class XrvSource(ModelSource):
         self.to(device)
 
     def load(self, path: str | Path):
-        import warnings
-
+        import skimage.transform
         import torch
 
         from cxr.imaging.images import ImageReadError
@@ -115,16 +115,20 @@ class XrvSource(ModelSource):
 
         xrv = import_torchxrayvision()
         try:
-            with warnings.catch_warnings():
-                # read_xray_dcm warns about MONOCHROME1 with the file's path (the patient folder)
-                warnings.simplefilter("ignore")
-                img = xrv.utils.load_image(str(path))
+            img = xrv.utils.load_image(str(path))
         except Exception as exc:
             raise ImageReadError(path, _read_reason(exc)) from None
         if img.ndim != 3 or img.shape[0] != 1 or min(img.shape[1:]) < 1:
             raise ImageReadError(path, f"not a 2-D image (array of shape {img.shape})")
         img = xrv.datasets.XRayCenterCrop()(img)
-        img = xrv.datasets.XRayResizer(self.model.input_resolution)(img)
+        # XRayResizer's own call (engine "skimage"), without the `warnings.catch_warnings()` it
+        # wraps it in: that swaps the process-wide filter list, which races between the
+        # decoding threads and can leave every later warning silenced. The resize emits no
+        # warning on these float inputs; tests check the tensor equals XRayResizer's.
+        size = int(self.model.input_resolution)
+        img = skimage.transform.resize(
+            img, (1, size, size), mode="constant", preserve_range=True
+        ).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
 
     def _run(self, fn, x):
@@ -212,6 +216,10 @@ def open_xrv(spec: str, name: str, weights: Path | None = None, device="cpu") ->
     from cxr.pretrained.safe_load import load_state_dict
 
     xrv = import_torchxrayvision()
+    # torchxrayvision's DICOM reader warns about MONOCHROME1 files quoting the file's path (the
+    # patient folder): that one warning is filtered, once, process-wide (no per-image
+    # catch_warnings: the decoding threads would race on the filter list).
+    warnings.filterwarnings("ignore", message="Converting MONOCHROME1 to MONOCHROME2")
     canonical = resolve_weights_name(name, xrv.models.model_urls)
     entry = xrv.models.model_urls[canonical]
     targets = list(entry["labels"])
