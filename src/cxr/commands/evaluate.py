@@ -33,37 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the split to score; validate also chooses the operating points, so scoring "
         "test must be asked for (default: validate)",
     )
-    parser.add_argument(
-        "--level",
-        default="study",
-        choices=("study", "image"),
-        help="study: mean of a study's image probabilities (default); image: per image",
-    )
-    parser.add_argument(
-        "--uncertain",
-        default="exclude",
-        choices=("exclude", "negative"),
-        help="uncertain (-1) labels: left out (default) or scored as negative; blank is negative",
-    )
-    parser.add_argument(
-        "--labels",
-        default="chexpert",
-        choices=("chexpert", "negbio", "radiologist"),
-        help="targets: the CheXpert labeler's (default), the NegBio labeler's, or the 2.1.0 "
-        "radiologists' (test split)",
-    )
-    parser.add_argument(
-        "--min-positives",
-        type=int,
-        default=10,
-        help="positive studies a label needs to enter the macro averages (default 10)",
-    )
-    parser.add_argument(
-        "--bootstrap",
-        type=int,
-        default=1000,
-        help="resamples of patients for the intervals (0: none)",
-    )
+    add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument(
         "--out", type=Path, default=None, help="output directory (default reports/<run name>)"
@@ -100,6 +70,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when available, else cpu), cpu, cuda or cuda:N"
+    )
+
+
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation protocol's options and the scoring's, shared by every command that scores
+    (`cxr evaluate`, `cxr probe`) so that their rows and figures mean the same."""
+    parser.add_argument(
+        "--level",
+        default="study",
+        choices=("study", "image"),
+        help="study: mean of a study's image probabilities (default); image: per image",
+    )
+    parser.add_argument(
+        "--uncertain",
+        default="exclude",
+        choices=("exclude", "negative"),
+        help="evaluation: uncertain (-1) labels left out (default) or scored as negative; "
+        "blank is negative",
+    )
+    parser.add_argument(
+        "--labels",
+        default="chexpert",
+        choices=("chexpert", "negbio", "radiologist"),
+        help="evaluation targets: the CheXpert labeler's (default), the NegBio labeler's, or "
+        "the 2.1.0 radiologists' (test split)",
+    )
+    parser.add_argument(
+        "--min-positives",
+        type=int,
+        default=10,
+        help="positive studies a label needs to enter the macro averages (default 10)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="resamples of patients for the intervals (0: none)",
     )
 
 

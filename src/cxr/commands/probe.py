@@ -16,6 +16,8 @@ UNCERTAIN_CHOICES, MISSING_CHOICES = ("ignore", "zeros", "ones"), ("zeros", "ign
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cxr.commands.evaluate import add_protocol_arguments
+
     parser.add_argument(
         "--embeddings",
         required=True,
@@ -50,24 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and the operating points, so its figures are optimistic",
     )
     parser.add_argument(
-        "--level",
-        default="study",
-        choices=("study", "image"),
-        help="study: mean of a study's image probabilities (default); image: per image",
-    )
-    parser.add_argument(
-        "--uncertain",
-        default="exclude",
-        choices=("exclude", "negative"),
-        help="evaluation: uncertain (-1) labels left out (default) or scored as negative",
-    )
-    parser.add_argument(
-        "--labels",
-        default="chexpert",
-        choices=("chexpert", "negbio", "radiologist"),
-        help="evaluation targets, as `cxr evaluate --labels` (default: chexpert)",
-    )
-    parser.add_argument(
         "--uncertain-policy",
         default=TRAIN_UNCERTAIN,
         choices=UNCERTAIN_CHOICES,
@@ -98,18 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the patient subsets and of the bootstrap"
     )
-    parser.add_argument(
-        "--bootstrap",
-        type=int,
-        default=1000,
-        help="resamples of patients for the intervals (0: none)",
-    )
-    parser.add_argument(
-        "--min-positives",
-        type=int,
-        default=10,
-        help="positive studies a label needs to enter the macro averages (default 10)",
-    )
+    add_protocol_arguments(parser)
     parser.add_argument(
         "--workers", type=int, default=1, help="labels fitted at the same time (threads)"
     )

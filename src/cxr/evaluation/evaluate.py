@@ -265,13 +265,8 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     )
     manifest = read_manifest(manifest_path)
     cfg = dataclasses.replace(cfg, subgroups=resolve_attributes(cfg.subgroups, manifest.columns))
-    check_sources(manifest, manifest_path, protocol, labels, cfg.subgroups)
-    views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
-    protocol = dataclasses.replace(protocol, views=views)
-    radiologist = (
-        load_radiologist_table(raw_dir_of(manifest_path, cfg.data_root))
-        if protocol.labels == "radiologist"
-        else None
+    protocol, radiologist = bind_protocol(
+        manifest, manifest_path, protocol, labels, cfg.subgroups, cfg.data_root
     )
     cache = _find_cache(cfg, pre.square_size, _run_input(cfg, ckpt, "cache"))
 
@@ -337,11 +332,10 @@ def evaluate_source(cfg: EvaluateConfig, protocol: Protocol) -> Evaluation:
         )
     labels = list(source.labels)
     cfg = dataclasses.replace(cfg, subgroups=resolve_attributes(cfg.subgroups, manifest.columns))
-    check_sources(manifest, manifest_path, protocol, labels, cfg.subgroups)
-    views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
-    protocol = dataclasses.replace(protocol, views=views)
+    protocol, radiologist = bind_protocol(
+        manifest, manifest_path, protocol, labels, cfg.subgroups, cfg.data_root
+    )
     raw = raw_dir_of(manifest_path, cfg.data_root)
-    radiologist = load_radiologist_table(raw) if protocol.labels == "radiologist" else None
 
     predicted = {}
     for split in dict.fromkeys(("validate", cfg.split)):
@@ -397,6 +391,28 @@ def _predict_source_rows(source, raw: Path, rows: pl.DataFrame, cfg: EvaluateCon
                 ok[good] = True
             progress.advance(task, len(batch.positions))
     return probs, ok
+
+
+def bind_protocol(
+    manifest: pl.DataFrame,
+    path: Path,
+    protocol: Protocol,
+    labels: list[str],
+    subgroups: tuple[str, ...],
+    data_root: Path,
+) -> tuple[Protocol, pl.DataFrame | None]:
+    """The protocol bound to a manifest, before any prediction: its sources checked
+    (`check_sources`), the manifest's views recorded in it, and the radiologists' table when the
+    protocol scores against it (read from the manifest's raw tree)."""
+    check_sources(manifest, path, protocol, labels, subgroups)
+    views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
+    protocol = dataclasses.replace(protocol, views=views)
+    radiologist = (
+        load_radiologist_table(raw_dir_of(path, data_root))
+        if protocol.labels == "radiologist"
+        else None
+    )
+    return protocol, radiologist
 
 
 def check_sources(

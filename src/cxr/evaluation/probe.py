@@ -25,7 +25,6 @@ Patients are used in memory to form the subsets and to resample; they leave only
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
 import math
@@ -417,8 +416,8 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     from cxr.core.hashing import file_sha256
     from cxr.core.paths import DataPaths
     from cxr.core.progress import make_progress, phase
-    from cxr.evaluation.evaluate import check_sources
-    from cxr.evaluation.targets import load_radiologist_table, raw_dir_of, targets, unit_rows
+    from cxr.evaluation.evaluate import bind_protocol
+    from cxr.evaluation.targets import targets, unit_rows
     from cxr.mimic.manifest import read_manifest
     from cxr.mimic.synthetic import manifest_is_demo
     from cxr.pretrained.embeddings import META, load_embeddings, resolve_embeddings
@@ -432,15 +431,10 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         manifest_path = Path(os.path.abspath(cfg.manifest or paths.manifest))
         manifest = read_manifest(manifest_path)
     labels = [lab for lab in LABELS if lab in manifest.columns]
-    check_sources(manifest, manifest_path, protocol, labels, ())
-    check_patient_disjoint(manifest, manifest_path)
-    views = tuple(sorted(manifest["view_position"].unique().drop_nulls().to_list()))
-    protocol = dataclasses.replace(protocol, views=views)
-    radiologist = (
-        load_radiologist_table(raw_dir_of(manifest_path, cfg.data_root))
-        if protocol.labels == "radiologist"
-        else None
+    protocol, radiologist = bind_protocol(
+        manifest, manifest_path, protocol, labels, (), cfg.data_root
     )
+    check_patient_disjoint(manifest, manifest_path)
 
     notes: list[str] = []
     train_all, train_columns, unlabelled = _training_rows(manifest, labels, cfg, manifest_path)
@@ -504,7 +498,6 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         "synthetic_demo": manifest_is_demo(manifest_path),
     }
     eval_cfg = EvaluateConfig(
-        checkpoint=emb.dir,
         split=cfg.split,
         level=cfg.level,
         uncertain=cfg.uncertain,
