@@ -94,3 +94,30 @@ def test_model_options_checked_in_one_line(fx, tmp_path, stand_in, capsys):
     with pytest.raises(SystemExit):
         _evaluate(fx, out, "--model", "test:gridcls", "--checkpoint", str(fx.checkpoint))
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_view_browses_a_published_model_evaluation(fx, tmp_path, stand_in):
+    """cxr view over a published model's evaluation: its labels only, outcomes per label, and a
+    heatmap request answered with a reason instead of a checkpoint it does not have."""
+    from starlette.testclient import TestClient
+
+    from cxr.view.app import create_app
+    from cxr.view.data import load_view_data
+    from cxr.view.images import Pixels, find_cache
+
+    out = tmp_path / "model"
+    assert _evaluate(fx, out, "--model", "test:gridcls") == 0
+    data = load_view_data(fx.manifest, [out], fx.root)
+    pixels = Pixels(data, find_cache(fx.root, None), tmp_path / "heatmaps", "cpu")
+    client = TestClient(create_app(data, pixels, "tok"))
+    page = client.get("/?token=tok")
+    assert page.status_code == 200
+    study_id = pl.read_csv(out / "predictions_study.csv")["study_id"][0]
+    study = client.get(f"/study/{study_id}")
+    assert study.status_code == 200, study.text
+    assert "Pleural Effusion" in study.text
+    dicom = pl.read_csv(out / "predictions.csv").filter(pl.col("study_id") == study_id)["dicom_id"][
+        0
+    ]
+    heat = client.get(f"/heatmap/0/{dicom}/0")
+    assert heat.status_code == 404 and "not scored from a cxr checkpoint" in heat.text

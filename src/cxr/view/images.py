@@ -122,10 +122,15 @@ class Pixels:
         with self._lock:
             if info.index in self._models:
                 return self._models[info.index]
-            if info.checkpoint is None or not info.checkpoint.is_file():
-                shown = mask_subject(str(info.checkpoint)) if info.checkpoint else "none recorded"
+            if info.checkpoint is None:  # a published model's or a linear probe's evaluation
                 raise NotAvailable(
-                    f"{info.name}: its checkpoint ({shown}) is not found from here, so no heatmaps"
+                    f"{info.name}: not scored from a cxr checkpoint (a published model or a "
+                    "probe), so no heatmaps"
+                )
+            if not info.checkpoint.is_file():
+                raise NotAvailable(
+                    f"{info.name}: its checkpoint ({mask_subject(str(info.checkpoint))}) is not "
+                    "found from here, so no heatmaps"
                 )
             from cxr.core.hashing import file_sha256
             from cxr.inference.runtime import load_model
