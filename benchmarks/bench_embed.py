@@ -94,6 +94,9 @@ def xrv_weights(root: Path) -> Path:
 
 def rad_dino_weights(root: Path) -> Path:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # save_pretrained's bar would interleave with the figures
 
     d = root / "rad-dino"
     config = Dinov2Config(
