@@ -121,3 +121,38 @@ def test_view_browses_a_published_model_evaluation(fx, tmp_path, stand_in):
     ]
     heat = client.get(f"/heatmap/0/{dicom}/0")
     assert heat.status_code == 404 and "not scored from a cxr checkpoint" in heat.text
+
+
+@pytest.mark.slow
+def test_a_torchxrayvision_stand_in_through_the_real_path_beside_a_checkpoint(fx, tmp_path, capsys):
+    """No monkeypatching: a random torchxrayvision DenseNet saved whole, as published files are,
+    loaded by `--weights` through the restricted unpickler, scored on the checkpoint's rows and
+    compared with it on the labels both have."""
+    import torch
+    import torchxrayvision as xrv
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mimic_ch.pt"
+    torch.save(xrv.models.DenseNet(num_classes=18, in_channels=1), weights)
+    model_out, ckpt_out = tmp_path / "xrv", tmp_path / "ckpt"
+    spec = "xrv:densenet121-res224-mimic_ch"
+    assert _evaluate(fx, model_out, "--model", spec, "--weights", str(weights)) == 0
+    assert _evaluate(fx, ckpt_out, "--checkpoint", str(fx.checkpoint)) == 0
+    m = json.loads((model_out / "metrics.json").read_text())
+    c = json.loads((ckpt_out / "metrics.json").read_text())
+    # mimic_ch has 11 of the 14 CheXpert labels; Effusion is scored as Pleural Effusion.
+    assert "Pleural Effusion" in m["labels"] and len(m["labels"]) == 11
+    assert set(m["model"]["labels_not_in_model"]) == {
+        "No Finding",
+        "Pleural Other",
+        "Support Devices",
+    }
+    assert m["provenance"]["weights_sha256"] and m["counts"]["test"] == c["counts"]["test"]
+    for label in m["labels"]:
+        assert m["labels"][label]["rows_fingerprint"] == c["labels"][label]["rows_fingerprint"]
+    capsys.readouterr()
+    cmp_out = tmp_path / "cmp"
+    args = ["--data-dir", str(fx.root), "compare", str(model_out), str(ckpt_out)]
+    assert main([*args, "--out", str(cmp_out), "--bootstrap", "100"]) == 0
+    result = json.loads((cmp_out / "compare.json").read_text())
+    assert set(result["labels"]) <= set(m["labels"]) and result["labels"]
