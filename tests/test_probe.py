@@ -518,3 +518,10 @@ def test_probe_reads_a_store_that_cxr_embed_wrote(tmp_path, make_demo):
     assert subjects
     for subject in subjects:
         assert str(subject) not in blob
+
+
+def test_a_point_averaging_fewer_labels_says_so_on_the_plot():
+    from cxr.evaluation.probe_report import point_note
+
+    assert point_note({"patients": 7, "macro": {"n_labels": 11}}, 14) == "7 pat., 11 labels"
+    assert point_note({"patients": 70, "macro": {"n_labels": 14}}, 14) == "70 pat."

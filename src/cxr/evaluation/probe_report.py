@@ -184,9 +184,17 @@ def write_probe(result: ProbeResult, out: Path) -> Path:
     return page
 
 
+def point_note(fraction: dict[str, Any], most: int) -> str:
+    """A plotted fraction's label: its training patients, and its number of labels when its
+    macro averages fewer than the others' (labels with one class in its subset have no probe),
+    since it is then not the same average as its neighbours'."""
+    n = fraction["macro"].get("n_labels", 0)
+    return f"{fraction['patients']} pat." + (f", {n} labels" if n != most else "")
+
+
 def efficiency_png(s: dict[str, Any]) -> bytes:
     """Macro AUROC with its 95% interval against the training fraction (log axis), each point
-    labelled with its number of training patients."""
+    labelled with its number of training patients (and of labels, where its macro has fewer)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,9 +210,10 @@ def efficiency_png(s: dict[str, Any]) -> bytes:
         lo = [y - (fr["macro"]["auroc_ci"] or [y, y])[0] for fr, y in zip(points, ys, strict=True)]
         hi = [(fr["macro"]["auroc_ci"] or [y, y])[1] - y for fr, y in zip(points, ys, strict=True)]
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color="#1f5fae", capsize=4, lw=1.5)
+        most = max(fr["macro"].get("n_labels", 0) for fr in points)
         for fr, x, y in zip(points, xs, ys, strict=True):
             ax.annotate(
-                f"{fr['patients']} pat.",
+                point_note(fr, most),
                 (x, y),
                 textcoords="offset points",
                 xytext=(7, -12),
