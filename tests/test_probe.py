@@ -341,6 +341,9 @@ def test_no_subject_id_in_any_output_or_printed_text(probed):
         (["--workers", "0"], "--workers must be at least 1, got 0"),
         (["--bootstrap", "-1"], "--bootstrap must be >= 0"),
         (["--labels", "radiologist", "--split", "validate"], "radiologists labelled test studies"),
+        (["--min-cell", "0"], "--min-cell must be at least 1, got 0"),
+        (["--subgroups", "sex,height"], "height"),
+        (["--subgroups", "sex"], "the manifest has no demographics"),
     ],
 )
 def test_bad_options_are_one_line_errors(probed, tmp_path, args, message):
@@ -502,11 +505,18 @@ def test_probe_reads_a_store_that_cxr_embed_wrote(tmp_path, make_demo):
     cfg = EmbedConfig(model="test:grid", manifest=manifest, interim=root / "interim", device="cpu")
     build_embeddings(cfg, GridSource())
     code, stdout, stderr = _run(
-        root, "--embeddings", "grid", "--fractions", "0.5,1.0", "--out", str(tmp_path / "p")
+        root,
+        *("--embeddings", "grid", "--fractions", "0.5,1.0", "--out", str(tmp_path / "p")),
+        *("--subgroups", "sex,age_group", "--min-cell", "3"),
     )
     assert code == 0, stderr
     assert "Synthetic demo data" in stdout  # the demo's banner, as cxr evaluate prints it
     m = _metrics(tmp_path / "p", 1.0)
+    # Subgroups from the demo's MIMIC-IV demographics, as cxr evaluate scores them.
+    assert m["subgroup_options"]["attributes"] == ["sex", "age_group"]
+    assert m["subgroup_options"]["min_cell"] == 3
+    assert set(m["subgroups"]["sex"]) == {"Female", "Male"}
+    assert "subgroup" in (tmp_path / "p" / "fraction-1.0" / "report.html").read_text().lower()
     assert m["model"]["embeddings"] == "grid" and m["model"]["embedding_dim"] == 16
     assert m["model"]["embeddings_spec"] == "test:grid"
     assert m["provenance"]["synthetic_demo"] is True

@@ -51,19 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="image cache (default: the run's; with --data-dir, <data root>/interim/cache-<size>)",
     )
-    parser.add_argument(
-        "--subgroups",
-        default="",
-        metavar="ATTRS",
-        help="figures per subgroup of these comma-separated attributes: sex, age_group, "
-        "race_group, insurance, view_position (or all)",
-    )
-    parser.add_argument(
-        "--min-cell",
-        type=int,
-        default=20,
-        help="patients a subgroup needs to be shown; smaller ones are suppressed (default 20)",
-    )
+    add_subgroup_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
         "--workers", type=int, default=2, help="with --model: image decoding threads"
@@ -107,6 +95,23 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1000,
         help="resamples of patients for the intervals (0: none)",
+    )
+
+
+def add_subgroup_arguments(parser: argparse.ArgumentParser) -> None:
+    """Subgroup analysis, as every scoring command offers it (`cxr evaluate`, `cxr probe`)."""
+    parser.add_argument(
+        "--subgroups",
+        default="",
+        metavar="ATTRS",
+        help="figures per subgroup of these comma-separated attributes: sex, age_group, "
+        "race_group, insurance, view_position (or all)",
+    )
+    parser.add_argument(
+        "--min-cell",
+        type=int,
+        default=20,
+        help="patients a subgroup needs to be shown; smaller ones are suppressed (default 20)",
     )
 
 

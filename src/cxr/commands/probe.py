@@ -16,7 +16,7 @@ UNCERTAIN_CHOICES, MISSING_CHOICES = ("ignore", "zeros", "ones"), ("zeros", "ign
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cxr.commands.evaluate import add_protocol_arguments
+    from cxr.commands.evaluate import add_protocol_arguments, add_subgroup_arguments
 
     parser.add_argument(
         "--embeddings",
@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of the patient subsets and of the bootstrap"
     )
     add_protocol_arguments(parser)
+    add_subgroup_arguments(parser)
     parser.add_argument(
         "--workers", type=int, default=1, help="labels fitted at the same time (threads)"
     )
@@ -96,8 +97,11 @@ def run(args: argparse.Namespace) -> int:
     from cxr.evaluation.probe import ProbeConfig, parse_fractions, parse_grid, probe, store_name
     from cxr.evaluation.probe_report import not_fitted_lines, summary, table_lines, write_probe
     from cxr.evaluation.report import DEMO_BANNER
+    from cxr.evaluation.subgroups import parse_attributes
     from cxr.mimic.policy import LabelPolicy
 
+    if args.min_cell < 1:
+        raise CxrError(f"--min-cell must be at least 1, got {args.min_cell}")
     if args.seed < 0 or args.seed > 2**32 - 1:
         raise CxrError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
     cfg = ProbeConfig(
@@ -111,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         labels=args.labels,
         min_positives=args.min_positives,
         n_bootstrap=args.bootstrap,
+        subgroups=parse_attributes(args.subgroups),  # names checked here, "all" in probe()
+        min_cell=args.min_cell,
         policy=LabelPolicy(uncertain=args.uncertain_policy, missing=args.missing_policy),
         label_source=args.label_source,
         seed=args.seed,
@@ -144,5 +150,11 @@ def run(args: argparse.Namespace) -> int:
             out.print(line, markup=False, highlight=False)
         for line in not_fitted_lines(s):
             out.print(textwrap.fill(line, 80, subsequent_indent="  "), markup=False)
+        if cfg.subgroups:
+            out.print(
+                "subgroups: in each fraction's report.html and metrics.json (cells of fewer "
+                f"than {cfg.min_cell} patients suppressed)",
+                markup=False,
+            )
         out.print(f"report: {page}", markup=False, highlight=False)
     return 0

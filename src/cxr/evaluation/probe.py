@@ -72,6 +72,8 @@ class ProbeConfig:
     labels: str = "chexpert"
     min_positives: int = 10
     n_bootstrap: int = 1000
+    subgroups: tuple[str, ...] = ()  # attributes of cxr.evaluation.subgroups.ATTRIBUTES
+    min_cell: int = 20  # patients a subgroup needs to be shown
     # The training targets, as `cxr train`'s policy and label_source.
     policy: LabelPolicy = field(default_factory=lambda: _TRAIN_DEFAULTS.policy)
     label_source: str = _TRAIN_DEFAULTS.label_source
@@ -385,6 +387,8 @@ def _check_config(cfg: ProbeConfig) -> Protocol:
         raise CxrError("--min-positives and --bootstrap must be >= 0")
     if cfg.workers < 1:
         raise CxrError(f"--workers must be at least 1, got {cfg.workers}")
+    if cfg.min_cell < 1:
+        raise CxrError(f"--min-cell must be at least 1, got {cfg.min_cell}")
     if cfg.max_iter < 1 or not cfg.tol > 0:
         raise CxrError(f"max_iter must be >= 1 and tol positive, got {cfg.max_iter}, {cfg.tol}")
     if cfg.label_source not in ("chexpert", "negbio"):
@@ -417,6 +421,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     from cxr.core.paths import DataPaths
     from cxr.core.progress import make_progress, phase
     from cxr.evaluation.evaluate import bind_protocol
+    from cxr.evaluation.subgroups import resolve_attributes
     from cxr.evaluation.targets import targets, unit_rows
     from cxr.mimic.manifest import read_manifest
     from cxr.mimic.synthetic import manifest_is_demo
@@ -431,8 +436,9 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         manifest_path = Path(os.path.abspath(cfg.manifest or paths.manifest))
         manifest = read_manifest(manifest_path)
     labels = [lab for lab in LABELS if lab in manifest.columns]
+    subgroups = resolve_attributes(cfg.subgroups, manifest.columns)
     protocol, radiologist = bind_protocol(
-        manifest, manifest_path, protocol, labels, (), cfg.data_root
+        manifest, manifest_path, protocol, labels, subgroups, cfg.data_root
     )
     check_patient_disjoint(manifest, manifest_path)
 
@@ -503,6 +509,8 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         uncertain=cfg.uncertain,
         labels=cfg.labels,
         min_positives=cfg.min_positives,
+        subgroups=subgroups,
+        min_cell=cfg.min_cell,
         n_bootstrap=cfg.n_bootstrap,
         seed=cfg.seed,
         manifest=manifest_path,
