@@ -159,6 +159,24 @@ def test_a_label_with_one_class_in_its_subset_is_left_out_and_said(probed):
     assert "not fitted" in (out / "probe.html").read_text()
 
 
+def test_a_common_macro_spans_the_fractions_when_their_macros_differ(probed):
+    """The smallest fraction lacks RARE: probe.json, the table and the page give the macro over
+    the labels every fraction averages, each point the mean of those labels' AUROCs."""
+    _, out, stdout, _ = probed
+    summary = json.loads((out / "probe.json").read_text())
+    common = summary["common_macro"]
+    sets = [set(fr["macro"]["labels"]) for fr in summary["fractions"]]
+    assert set(common["labels"]) == set.intersection(*sets) and RARE not in common["labels"]
+    for fr in summary["fractions"]:
+        m = common["fractions"][fr["dir"]]
+        expected = np.mean([fr["labels"][lab]["auroc"] for lab in common["labels"]])
+        assert m["auroc"] == pytest.approx(expected)
+        lo, hi = m["auroc_ci"]
+        assert lo <= m["auroc"] <= hi
+    assert f"over the {len(common['labels'])} labels every fraction averages:" in stdout
+    assert "grey squares average the labels every fraction has" in (out / "probe.html").read_text()
+
+
 def test_the_chosen_c_has_the_best_validate_auroc(probed):
     _, out, *_ = probed
     for fraction in FRACTIONS:

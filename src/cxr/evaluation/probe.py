@@ -110,6 +110,9 @@ class ProbeResult:
     fractions: list[FractionResult]
     notes: list[str]
     provenance: dict[str, Any]
+    # The macro AUROC over the labels every fraction averages, when some fraction averages
+    # fewer (`common_macro`); None when every fraction's macro already runs over the same labels.
+    common_macro: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- option parsing
@@ -544,7 +547,15 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
             f"fraction under the training policy ({cfg.label_source} labels, "
             f"uncertain={cfg.policy.uncertain}, missing={cfg.policy.missing}); nothing to score"
         )
+    study_subject = dict(
+        zip(
+            usable[cfg.split]["study_id"].to_list(),
+            usable[cfg.split]["subject_id"].to_list(),
+            strict=True,
+        )
+    )
     return ProbeResult(
+        common_macro=common_macro(results, study_subject, cfg.n_bootstrap, cfg.seed),
         config=cfg,
         store=Path(os.path.abspath(emb.dir)),
         meta=dict(emb.meta),
@@ -632,3 +643,38 @@ def _score_fraction(
     # A label without a probe is said where the macro's other left-out labels are.
     evaluation.metrics["macro"]["left_out"].update(not_fitted)
     return FractionResult(fraction, n_patients, n_images, not_fitted, chosen_c, evaluation)
+
+
+def common_macro(
+    results: list[FractionResult], study_subject: dict, n_bootstrap: int, seed: int
+) -> dict[str, Any] | None:
+    """The macro AUROC of every fraction over the same labels: those in every fraction's macro.
+
+    A fraction where a label had one class in its training subset averages fewer labels, so its
+    macro is another quantity than its neighbours'; this one is comparable along the curve. Its
+    interval comes from the same patient resamples (same seed, same evaluated rows) as the
+    fractions' own. None when every fraction's macro already runs over the same labels.
+    """
+    from cxr.mimic.schema import LABELS
+    from cxr.stats.bootstrap import bootstrap_metrics, macro_over, percentile_interval
+
+    scored = [r for r in results if r.evaluation is not None]
+    sets = [set(r.evaluation.metrics["macro"]["labels"]) for r in scored]
+    if len(scored) < 2:
+        return None
+    common = set.intersection(*sets)
+    if not common or all(s == common for s in sets):
+        return None
+    order = [lab for lab in LABELS if lab in common] + sorted(common - set(LABELS))
+    out: dict[str, Any] = {"labels": order, "fractions": {}}
+    for r in scored:
+        ev = r.evaluation
+        cols = [ev.labels.index(lab) for lab in order]
+        point = float(np.mean([ev.metrics["labels"][lab]["auroc"] for lab in order]))
+        ci = None
+        if n_bootstrap:
+            groups = np.array([study_subject[s] for s in ev.units["study_id"].to_list()])
+            samples = bootstrap_metrics(ev.y[:, cols], ev.p[:, cols], groups, {}, n_bootstrap, seed)
+            ci = percentile_interval(macro_over(samples["auroc"], range(len(order))))
+        out["fractions"][fraction_name(r.fraction)] = {"auroc": point, "auroc_ci": ci}
+    return out

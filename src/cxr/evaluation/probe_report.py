@@ -104,6 +104,7 @@ def summary(result: ProbeResult) -> dict[str, Any]:
             "bootstrap": {"unit": "patient", "n": cfg.n_bootstrap, "seed": cfg.seed},
             "min_positives": cfg.min_positives,
             "fractions": fractions,
+            "common_macro": result.common_macro,
             "notes": result.notes,
             "cxr_version": result.provenance["cxr_version"],
             "date": result.provenance["date"],
@@ -133,6 +134,13 @@ def table_lines(s: dict[str, Any]) -> list[str]:
             f"{_with_ci(macro.get('auroc'), macro.get('auroc_ci')):<22}"
             f"{macro.get('n_labels', 0):>7}"
         )
+    common = s.get("common_macro")
+    if common:
+        lines.append(f"over the {len(common['labels'])} labels every fraction averages:")
+        for name, m in common["fractions"].items():
+            lines.append(
+                f"{name.removeprefix('fraction-'):<9}{'':>18}  {_with_ci(m['auroc'], m['auroc_ci'])}"
+            )
     return lines
 
 
@@ -210,13 +218,34 @@ def efficiency_png(s: dict[str, Any]) -> bytes:
         lo = [y - (fr["macro"]["auroc_ci"] or [y, y])[0] for fr, y in zip(points, ys, strict=True)]
         hi = [(fr["macro"]["auroc_ci"] or [y, y])[1] - y for fr, y in zip(points, ys, strict=True)]
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color="#1f5fae", capsize=4, lw=1.5)
+        common = s.get("common_macro")
+        if common:  # the same average at every fraction, beside each fraction's own
+            cx = [fr["fraction"] for fr in points if fr["dir"] in common["fractions"]]
+            cm = [
+                common["fractions"][fr["dir"]] for fr in points if fr["dir"] in common["fractions"]
+            ]
+            cy = [m["auroc"] for m in cm]
+            clo = [y - (m["auroc_ci"] or [y, y])[0] for m, y in zip(cm, cy, strict=True)]
+            chi = [(m["auroc_ci"] or [y, y])[1] - y for m, y in zip(cm, cy, strict=True)]
+            ax.errorbar(
+                [x * 1.04 for x in cx],  # nudged right so the two intervals stay apart
+                cy,
+                yerr=[clo, chi],
+                fmt="s--",
+                color="#888",
+                capsize=3,
+                lw=1.2,
+                label=f"over the {len(common['labels'])} labels every fraction averages",
+            )
+            ax.plot([], [], "o-", color="#1f5fae", label="each fraction's macro")
+            ax.legend(fontsize=8, loc="lower right")
         most = max(fr["macro"].get("n_labels", 0) for fr in points)
         for fr, x, y in zip(points, xs, ys, strict=True):
             ax.annotate(
                 point_note(fr, most),
                 (x, y),
                 textcoords="offset points",
-                xytext=(7, -12),
+                xytext=(12, -12),
                 ha="left",
                 fontsize=8,
                 color="#555",
@@ -296,8 +325,10 @@ def _html(s: dict[str, Any], png: bytes) -> str:
     macro_sets = {tuple(fr["macro"]["labels"]) for fr in fractions if fr["macro"]}
     macro_note = (
         '<p class="note">The macro averages differ in their labels between fractions (a label '
-        "needs both classes in its training subset and enough positive studies): compare each "
-        "label's row below.</p>"
+        "needs both classes in its training subset and enough positive studies): the plot's "
+        "grey squares average the labels every fraction has"
+        + (f" ({esc(', '.join(s['common_macro']['labels']))})" if s.get("common_macro") else "")
+        + ", and each label's row is below.</p>"
         if len(macro_sets) > 1
         else ""
     )
