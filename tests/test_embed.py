@@ -144,3 +144,15 @@ def test_cache_reading_source_takes_squares_from_the_cache(data, tmp_path):
     # Every readable image came from the cache; the unreadable one was tried as a file.
     assert result.from_cache == sum(ok) and source.loaded_files == 1
     np.testing.assert_array_equal(np.asarray(load_embeddings(out).vectors), expected)
+
+
+def test_values_float16_cannot_hold_stop_the_run_in_one_line():
+    from cxr.core.errors import CxrError
+    from cxr.pretrained.embed import to_float16
+
+    ok = to_float16(np.array([[1.5, -65000.0]]), "m")
+    assert ok.dtype == np.float16 and np.isfinite(ok).all()
+    with pytest.raises(CxrError, match="exceeds float16's range"):
+        to_float16(np.array([[1.0, 7e4]]), "m")
+    with pytest.raises(CxrError, match="non-finite"):
+        to_float16(np.array([[np.nan, 1.0]]), "m")

@@ -61,6 +61,23 @@ class EmbedResult:
     seconds: float = 0.0
 
 
+def to_float16(emb: np.ndarray, spec: str) -> np.ndarray:
+    """Embeddings as stored. float16 keeps about 3 significant digits up to 65504: a value
+    beyond that (or a NaN from the model) would be stored as inf or NaN and poison every probe
+    fitted on it, so it stops the run in one line instead (before the batch is journaled)."""
+    emb = np.asarray(emb, dtype=np.float32)
+    finite = np.isfinite(emb)
+    if not finite.all():
+        raise CxrError(f"{spec}: the model returned non-finite embeddings (NaN or inf)")
+    largest = float(np.abs(emb).max()) if emb.size else 0.0
+    if largest > float(np.finfo(np.float16).max):
+        raise CxrError(
+            f"{spec}: an embedding value of {largest:.4g} exceeds float16's range (65504); "
+            "these features cannot be stored as float16"
+        )
+    return emb.astype(np.float16)
+
+
 def _source_key(source) -> dict:
     prov = source.provenance or {}
     return {"spec": source.spec, "weights_sha256": prov.get("weights_sha256")}
@@ -253,8 +270,7 @@ def _fill(cfg, source, d, keys_full, raw, pending, result) -> None:
                     block = rows[batch.positions]
                     good = block[np.asarray(batch.ok, dtype=bool)]
                     if batch.inputs is not None:
-                        emb = source.embed(batch.inputs)
-                        vectors[good] = emb.astype(np.float16)
+                        vectors[good] = to_float16(source.embed(batch.inputs), source.spec)
                     bad = block[~np.asarray(batch.ok, dtype=bool)]
                     if len(bad):
                         vectors[bad] = 0
