@@ -156,3 +156,43 @@ def test_values_float16_cannot_hold_stop_the_run_in_one_line():
         to_float16(np.array([[1.0, 7e4]]), "m")
     with pytest.raises(CxrError, match="non-finite"):
         to_float16(np.array([[np.nan, 1.0]]), "m")
+
+
+def test_a_kill_while_the_store_is_relaid_never_leaves_a_store_of_mixed_layouts(
+    data, tmp_path, monkeypatch
+):
+    """The image set changes (the manifest reordered) and the run dies the moment the new array
+    has replaced the old one: the rerun must not read the old keys or records against the new
+    layout, and the finished store holds each image's own vector."""
+    import contextlib
+
+    import cxr.pretrained.embed as embed
+
+    out = tmp_path / "embed-grid"
+    build_embeddings(_cfg(data, out), GridSource())
+    manifest = pl.read_parquet(data.manifest)
+    shuffled = tmp_path / "processed" / "manifest.parquet"
+    shuffled.parent.mkdir(parents=True)
+    manifest.reverse().write_parquet(shuffled)
+    (shuffled.parent / "manifest.json").write_text(json.dumps({"raw_dir": str(data.raw)}))
+    cfg = EmbedConfig(
+        model="test:grid", manifest=shuffled, interim=tmp_path, out=out, batch_size=4, device="cpu"
+    )
+    real = embed.atomic_path
+
+    @contextlib.contextmanager
+    def dying(target):
+        with real(target) as tmp:
+            yield tmp
+        if Path(target).name == "embeddings.npy":
+            raise KeyboardInterrupt  # the new array is in place; nothing after it ran
+
+    monkeypatch.setattr(embed, "atomic_path", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_embeddings(cfg, GridSource())
+    monkeypatch.setattr(embed, "atomic_path", real)
+    with pytest.raises(InputError):
+        load_embeddings(out)  # not a store until the rerun finishes it
+    build_embeddings(cfg, GridSource())
+    _, expected, _ = _expected(data)
+    np.testing.assert_array_equal(np.asarray(load_embeddings(out).vectors), expected[::-1])

@@ -125,6 +125,14 @@ def _prepare(d: Path, meta: dict, keys: pl.DataFrame, force: bool) -> tuple[int,
     if same_model and not force and old_meta.get("images_sha256") == meta["images_sha256"]:
         if old_meta.get("dim") != meta["dim"] or not (d / VECTORS).is_file():
             raise InputError(f"{d}: damaged store (dimension or array missing); pass --force")
+        try:
+            held = np.load(d / VECTORS, mmap_mode="r").shape
+        except (OSError, ValueError):
+            held = None
+        if held != (meta["n"], meta["dim"]):
+            raise InputError(
+                f"{d / VECTORS}: shape {held}, expected {(meta['n'], meta['dim'])}; pass --force"
+            )
         done, _ = read_journal(d, meta["n"])
         return 0, int(done.sum())
 
@@ -132,7 +140,12 @@ def _prepare(d: Path, meta: dict, keys: pl.DataFrame, force: bool) -> tuple[int,
     carried = np.zeros(0, dtype=np.int64)
     old_vectors = None
     if same_model and not force and (d / VECTORS).is_file() and (d / KEYS).is_file():
-        old_keys = pl.read_parquet(d / KEYS).with_row_index("old_row")
+        try:
+            old_keys = pl.read_parquet(d / KEYS).with_row_index("old_row")
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise InputError(
+                f"{d / KEYS}: unreadable ({type(exc).__name__}); pass --force to start afresh"
+            ) from None
         done, errors = read_journal(d, old_keys.height)
         ok_rows = [i for i in range(old_keys.height) if done[i] and errors[i] is None]
         joined = keys.with_row_index("new_row").join(
@@ -144,7 +157,19 @@ def _prepare(d: Path, meta: dict, keys: pl.DataFrame, force: bool) -> tuple[int,
             old_vectors = np.load(d / VECTORS, mmap_mode="r")
             carried = joined.select("new_row", "old_row").to_numpy().astype(np.int64)
 
+    # The order makes a kill at any point safe: first the old store stops being one (embed.json,
+    # which names it, and the index and journal that vouch for its rows go), then the new array,
+    # keys and journal are written, and embed.json comes last. A store without embed.json is
+    # started afresh, never resumed against keys or records of another layout. (`old_vectors`
+    # is a memory map: it keeps reading the old array after the new one replaces it.)
     d.mkdir(parents=True, exist_ok=True)
+    for stale in (d / META, d / INDEX):
+        stale.unlink(missing_ok=True)
+    journal_dir = d / JOURNAL
+    if journal_dir.is_dir():
+        for p in journal_dir.glob("*.jsonl"):
+            p.unlink()
+    journal_dir.mkdir(exist_ok=True)
     with atomic_path(d / VECTORS) as tmp:
         arr = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.float16, shape=(meta["n"], meta["dim"])
@@ -153,21 +178,14 @@ def _prepare(d: Path, meta: dict, keys: pl.DataFrame, force: bool) -> tuple[int,
             arr[carried[:, 0]] = old_vectors[carried[:, 1]]
         arr.flush()
         del arr
-    for stale in (d / INDEX, d / META):
-        stale.unlink(missing_ok=True)
-    journal_dir = d / JOURNAL
-    if journal_dir.is_dir():
-        for p in journal_dir.glob("*.jsonl"):
-            p.unlink()
-    journal_dir.mkdir(exist_ok=True)
     with atomic_path(d / KEYS) as tmp:
         keys.write_parquet(tmp)
-    write_text_atomic(d / META, json.dumps(meta, indent=2) + "\n")
     if len(carried):
         journal = Journal(d, None)
         rows = carried[:, 0].tolist()
         journal.append(rows, [None] * len(rows))
         journal.close()
+    write_text_atomic(d / META, json.dumps(meta, indent=2) + "\n")
     return len(carried), len(carried)
 
 

@@ -92,13 +92,17 @@ def load_embeddings(directory: str | os.PathLike[str]) -> Embeddings:
     try:
         vectors = np.load(d / VECTORS, mmap_mode="r")
         index = pl.read_parquet(d / INDEX)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{d}: damaged embeddings ({type(exc).__name__}: {exc})") from None
-    if vectors.ndim != 2 or vectors.dtype != np.float16 or len(vectors) != index.height:
+        keys = pl.read_parquet(d / KEYS, columns=["dicom_id"])
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise InputError(f"{d}: damaged embeddings ({type(exc).__name__})") from None
+    expected = (meta.get("n"), meta.get("dim"))
+    if vectors.ndim != 2 or vectors.dtype != np.float16 or vectors.shape != expected:
         raise InputError(
-            f"{d / VECTORS}: expected float16 (n, dim) with {index.height} rows, found "
+            f"{d / VECTORS}: expected float16 {expected} as embed.json says, found "
             f"{vectors.dtype} {vectors.shape}"
         )
+    if index.height != len(vectors) or keys["dicom_id"].to_list() != index["dicom_id"].to_list():
+        raise InputError(f"{d}: index.parquet and keys.parquet disagree; run `cxr embed --force`")
     return Embeddings(d, vectors, index, meta)
 
 
