@@ -747,3 +747,34 @@ def test_torchxrayvision_import_leaves_warnings_alone():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_legacy_reader_refuses_to_mutate_an_allowed_class(tmp_path):
+    """A legacy file that names only allowed globals but BUILDs state onto a class (which plain
+    pickle would setattr process-wide) is refused, and the class is left untouched."""
+    import io
+    import pickletools
+
+    from cxr.pretrained.safe_load import load_state_dict
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf, _use_new_zipfile_serialization=False)
+    raw, f, offsets = buf.getvalue(), io.BytesIO(buf.getvalue()), []
+    for _ in range(5):  # magic, protocol, sys info, the object, the storage keys
+        start = f.tell()
+        for op, _arg, _pos in pickletools.genops(f):
+            if op.name == "STOP":
+                break
+        offsets.append((start, f.tell()))
+    s, e = offsets[3]
+    payload = (
+        # a module class as a persistent id (torch's weights-only unpickler refuses it, so cxr's
+        # legacy reader reads the file), then BUILD {"pwned_": 1} onto torch's UntypedStorage
+        b"(X\x06\x00\x00\x00modulectorch.nn.modules.linear\nLinear\nNNtQ0"
+        b"ctorch.storage\nUntypedStorage\nN}X\x06\x00\x00\x00pwned_K\x01s\x86b0"
+    )
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(raw[:s] + raw[s : s + 2] + payload + raw[s + 2 : e] + raw[e:])
+    with pytest.raises(CxrError, match="refused to unpickle setting the state of"):
+        load_state_dict(evil)
+    assert not hasattr(torch.storage.UntypedStorage, "pwned_")

@@ -27,11 +27,13 @@ saved source text is ignored. Storages are read as torch's legacy loader reads t
 from __future__ import annotations
 
 import _compat_pickle
+import collections
 import functools
 import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 from cxr.core.errors import CxrError
 
@@ -222,16 +224,72 @@ def _read_exact(f, n: int) -> bytes:
     return data
 
 
-class _LegacyReader(pickle.Unpickler):
+def _name_of(obj) -> str:
+    """A class or function by its qualified name; any other object by its type's."""
+    named = isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__"))
+    return qualified_name(obj if named else type(obj))
+
+
+class _LegacyReader(pickle._Unpickler):
     """One pickle of a legacy file: globals from `allowed` only; persistent ids for storages
     (allocated here, filled from the file's data section after the pickle) and for module
-    classes in `classes`."""
+    classes in `classes`.
+
+    Naming only allowed globals is not enough: plain pickle lets REDUCE call whatever is on the
+    stack, BUILD set attributes on any object (a class or function included, process-wide) and
+    NEWOBJ instantiate any class. So the opcodes that call or mutate are held to the rules of
+    torch's weights-only unpickler, which cannot read these files itself: REDUCE calls only an
+    allowed global, NEWOBJ builds only the model's classes, BUILD fills only instances of those
+    classes, tensors, parameters and OrderedDicts, and INST / OBJ / NEWOBJ_EX (never written by
+    torch.save) are refused. The pure-Python unpickler is used because its opcodes can be
+    overridden; the pickle of a model is small (the tensor data is read outside it).
+    """
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, f, allowed, classes, storages) -> None:
         super().__init__(f, encoding="utf-8")
         self._allowed = allowed
+        self._callables = {id(v) for v in allowed.values()}
         self._classes = classes
         self._storages = storages
+
+    def _load_reduce(self):
+        func = self.stack[-2]
+        if id(func) not in self._callables:
+            raise _Refused(_name_of(func))
+        pickle._Unpickler.load_reduce(self)
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+
+    def _load_newobj(self):
+        cls = self.stack[-2]
+        if cls not in self._classes:
+            raise _Refused(_name_of(cls))
+        pickle._Unpickler.load_newobj(self)
+
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+
+    def _load_build(self):
+        import torch
+
+        inst = self.stack[-2]
+        if type(inst) not in self._classes and type(inst) not in (
+            torch.Tensor,
+            torch.nn.Parameter,
+            collections.OrderedDict,
+        ):
+            raise _Refused(f"setting the state of {_name_of(inst)}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
+
+    def _refuse_opcode(self):
+        raise _Refused("an object built by INST, OBJ or NEWOBJ_EX")
+
+    for _op in (pickle.INST, pickle.OBJ, pickle.NEWOBJ_EX):
+        dispatch[_op[0]] = _refuse_opcode
+    del _op
 
     def find_class(self, module: str, name: str):
         # Protocol-2 pickles spell Python 3 names the Python 2 way (`__builtin__.set`); map them
