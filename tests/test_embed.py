@@ -196,3 +196,24 @@ def test_a_kill_while_the_store_is_relaid_never_leaves_a_store_of_mixed_layouts(
     build_embeddings(cfg, GridSource())
     _, expected, _ = _expected(data)
     np.testing.assert_array_equal(np.asarray(load_embeddings(out).vectors), expected[::-1])
+
+
+def test_another_spelling_of_the_same_model_resumes_its_store(data, tmp_path):
+    """Stores are keyed on the source's canonical name and weights, not on how the spec was
+    typed (xrv:mimic_ch vs xrv:densenet121-res224-mimic_ch, a run directory vs its best.pt)."""
+    out = tmp_path / "embed-grid"
+    build_embeddings(_cfg(data, out), GridSource())
+    alias = GridSource()
+    alias.spec = "test:another-spelling"
+    result = build_embeddings(_cfg(data, out), alias)
+    assert result.done == 0 and result.skipped == load_embeddings(out).index.height
+
+
+def test_cxr_specs_of_a_run_directory_and_its_checkpoint_share_a_report_name(tmp_path):
+    from cxr.evaluation.evaluate import model_slug
+
+    run = tmp_path / "models" / "runA"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"")
+    assert model_slug(f"cxr:{run}") == model_slug(f"cxr:{run}/best.pt") == "cxr-runA"
+    assert model_slug("xrv:densenet121-res224-all") == "xrv-densenet121-res224-all"

@@ -9,6 +9,7 @@ import hashlib
 import io
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 
@@ -553,3 +554,26 @@ def test_a_point_averaging_fewer_labels_says_so_on_the_plot():
 
     assert point_note({"patients": 7, "macro": {"n_labels": 11}}, 14) == "7 pat., 11 labels"
     assert point_note({"patients": 70, "macro": {"n_labels": 14}}, 14) == "70 pat."
+
+
+def test_a_rerun_into_the_same_out_leaves_no_stale_fraction(probed, tmp_path):
+    fx, out, *_ = probed
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    assert (again / f"fraction-{FRACTIONS[0]!r}").is_dir()
+    code, _, stderr = _run(
+        fx.root, "--embeddings", NAME, "--fractions", "1.0", "--bootstrap", "0", "--out", str(again)
+    )
+    assert code == 0, stderr
+    assert sorted(p.name for p in again.glob("fraction-*")) == ["fraction-1.0"]
+
+
+def test_a_bare_name_is_the_store_even_beside_a_folder_of_that_name(probed, tmp_path, monkeypatch):
+    from cxr.pretrained.embeddings import resolve_embeddings
+
+    fx, *_ = probed
+    interim = fx.root / "interim"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / NAME).mkdir()  # e.g. downloaded weights that share the name
+    assert resolve_embeddings(NAME, interim) == interim / f"embed-{NAME}"
+    assert resolve_embeddings(str(interim / f"embed-{NAME}"), tmp_path) == interim / f"embed-{NAME}"

@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(result.failed)} image(s) could not be read; their rows are left out:")
         for reason, count in Counter(r for _, r in result.failed).most_common(10):
             print(f"  {count} x {reason}")
+        for dicom_id, reason in result.failed[:20]:
+            print(f"  {dicom_id}: {reason}")
+        if len(result.failed) > 20:
+            print(f"  ... and {len(result.failed) - 20} more (index.parquet lists them all)")
     default = paths.interim / result.dir.name
     name = result.dir.name.removeprefix("embed-")
     shown = name if result.dir.resolve() == default.resolve() else str(result.dir)

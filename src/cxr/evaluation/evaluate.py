@@ -100,7 +100,8 @@ def model_slug(spec: str) -> str:
     `xrv-densenet121-res224-all`, `cxr:models/run/best.pt` -> `cxr-run`."""
     kind, _, rest = spec.partition(":")
     if kind == "cxr" and rest:
-        return f"cxr-{Path(rest).resolve().parent.name}"
+        run = Path(rest).resolve()  # a checkpoint file, or its run directory
+        return f"cxr-{(run if run.is_dir() else run.parent).name}"
     return "-".join(part for part in (kind, rest.replace("/", "-")) if part)
 
 

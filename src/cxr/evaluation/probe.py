@@ -26,6 +26,7 @@ Patients are used in memory to form the subsets and to resample; they leave only
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import math
 import os
@@ -276,16 +277,22 @@ def fit_path(
 
     model = LogisticRegression(C=grid[0], max_iter=max_iter, tol=tol, warm_start=True)
     coefs, intercepts, iters = [], [], []
-    with warnings.catch_warnings():
-        # Iterations that reach max_iter are recorded per label instead (model.n_iter_).
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for c in grid:
-            model.set_params(C=c)
-            model.fit(x, y)
-            coefs.append(model.coef_[0].copy())
-            intercepts.append(float(model.intercept_[0]))
-            iters.append(int(model.n_iter_[0]))
+    # Iterations that reach max_iter are recorded per label instead (model.n_iter_). One filter,
+    # added once for the process: catch_warnings here would swap the process-wide filter list
+    # from several fitting threads at once (--workers) and could leave it changed.
+    _quiet_convergence(ConvergenceWarning)
+    for c in grid:
+        model.set_params(C=c)
+        model.fit(x, y)
+        coefs.append(model.coef_[0].copy())
+        intercepts.append(float(model.intercept_[0]))
+        iters.append(int(model.n_iter_[0]))
     return np.stack(coefs), np.asarray(intercepts), iters
+
+
+@functools.cache
+def _quiet_convergence(category) -> None:
+    warnings.filterwarnings("ignore", category=category, module="sklearn")
 
 
 def _auroc(y: np.ndarray, p: np.ndarray) -> float | None:

@@ -9,6 +9,7 @@ import dataclasses
 import html
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,12 @@ def write_probe(result: ProbeResult, out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out is an existing file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    # Fraction directories of an earlier run into this --out that this run does not write (other
+    # --fractions, or no label fitted this time) would be read as current by compare and view.
+    current = {fraction_name(fr.fraction) for fr in result.fractions if fr.evaluation is not None}
+    for stale in out.glob("fraction-*"):
+        if stale.is_dir() and stale.name not in current and (stale / "metrics.json").is_file():
+            shutil.rmtree(stale)
     config = _config_shown(result)
     for fr in result.fractions:
         if fr.evaluation is None:

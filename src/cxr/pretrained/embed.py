@@ -79,8 +79,10 @@ def to_float16(emb: np.ndarray, spec: str) -> np.ndarray:
 
 
 def _source_key(source) -> dict:
+    """What makes two stores the same model's: its canonical name (aliases of one weights name,
+    a run directory and its best.pt, give one name) and the SHA-256 of its weights."""
     prov = source.provenance or {}
-    return {"spec": source.spec, "weights_sha256": prov.get("weights_sha256")}
+    return {"name": source.name, "weights_sha256": prov.get("weights_sha256")}
 
 
 def _open_cache(cfg: EmbedConfig, source):

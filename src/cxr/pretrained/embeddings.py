@@ -69,9 +69,14 @@ def embed_dir(interim: Path, name: str) -> Path:
 def resolve_embeddings(name_or_dir: str | os.PathLike[str], interim: Path) -> Path:
     """`--embeddings NAME` (under <data root>/interim/embed-NAME) or a directory path."""
     given = Path(name_or_dir)
-    if (given / META).exists() or given.is_dir():
+    named = embed_dir(interim, str(name_or_dir))
+    # A bare name is the store under interim first: a folder of that name in the current
+    # directory (e.g. downloaded weights called rad-dino/) must not shadow it.
+    if (given / META).exists() or (os.sep in str(name_or_dir) and given.is_dir()):
         return given
-    return embed_dir(interim, str(name_or_dir))
+    if named.exists() or not given.is_dir():
+        return named
+    return given
 
 
 def load_embeddings(directory: str | os.PathLike[str]) -> Embeddings:
