@@ -59,6 +59,22 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def read_head(path: str | os.PathLike[str]) -> bytes:
+    """The first 132 bytes of a file (enough for `sniff_format`, DICOM's preamble included);
+    `ImageReadError` naming why a file cannot be opened."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
 def load_xray(path: str | os.PathLike[str], max_side: int | None = None) -> np.ndarray:
     """Read an X-ray as a 2-D uint8 array, MONOCHROME2 convention.
 
@@ -68,17 +84,7 @@ def load_xray(path: str | os.PathLike[str], max_side: int | None = None) -> np.n
     reason for a missing, empty, truncated, directory or undecodable file.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageReadError(path, "permission denied") from None
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
+    head = read_head(path)
     if not head:
         raise ImageReadError(path, "empty file (0 bytes)")
     fmt = sniff_format(head)

@@ -75,19 +75,10 @@ def _open_image(path: str | Path):
     """The file as a PIL image, as the processor's users open it; DICOM through load_xray."""
     from PIL import Image
 
-    from cxr.imaging.images import ImageReadError, load_xray, sniff_format
+    from cxr.imaging.images import ImageReadError, load_xray, read_head, sniff_format
     from cxr.pretrained.common import first_line
 
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "is a directory, not an image file") from None
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
-    if sniff_format(head) == "dicom":
+    if sniff_format(read_head(path)) == "dicom":
         return Image.fromarray(load_xray(path))  # uint8 2-D: mode "L"
     try:
         image = Image.open(path)
