@@ -241,7 +241,6 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     from cxr.evaluation.subgroups import resolve_attributes
     from cxr.inference.runtime import load_model, resolve_device
     from cxr.mimic.manifest import read_manifest
-    from cxr.mimic.synthetic import manifest_is_demo
 
     # Checked before anything is loaded: a bad option costs nothing.
     protocol = Protocol(
@@ -282,11 +281,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     provenance = {
         "checkpoint": os.path.abspath(cfg.checkpoint),
         "checkpoint_sha256": file_sha256(cfg.checkpoint),
-        "manifest": str(manifest_path),
-        "manifest_sha256": file_sha256(manifest_path),
-        "cxr_version": __version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "synthetic_demo": manifest_is_demo(manifest_path),
+        **manifest_provenance(manifest_path),
     }
     model_info = {
         "arch": ckpt.get("arch"),
@@ -313,12 +308,10 @@ def evaluate_source(cfg: EvaluateConfig, protocol: Protocol) -> Evaluation:
     operating points on validate, patient intervals and fingerprints. Its inputs are decoded from
     the image files with its authors' preprocessing; the CheXpert labels it has no output for are
     left out and named (metrics["model"]["labels_not_in_model"] and the macro's left-out list)."""
-    from cxr.core.hashing import file_sha256
     from cxr.core.paths import DataPaths
     from cxr.core.progress import phase
     from cxr.evaluation.subgroups import resolve_attributes
     from cxr.mimic.manifest import read_manifest
-    from cxr.mimic.synthetic import manifest_is_demo
     from cxr.pretrained.registry import open_source
 
     manifest_path = Path(os.path.abspath(cfg.manifest or DataPaths(cfg.data_root).manifest))
@@ -354,11 +347,7 @@ def evaluate_source(cfg: EvaluateConfig, protocol: Protocol) -> Evaluation:
         "model": cfg.model,
         "weights": prov.get("weights"),
         "weights_sha256": prov.get("weights_sha256"),
-        "manifest": str(manifest_path),
-        "manifest_sha256": file_sha256(manifest_path),
-        "cxr_version": __version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "synthetic_demo": manifest_is_demo(manifest_path),
+        **manifest_provenance(manifest_path),
     }
     lacking = {label: f"no output in {cfg.model}" for label in source.missing_labels}
     model_info = {
@@ -392,6 +381,22 @@ def _predict_source_rows(source, raw: Path, rows: pl.DataFrame, cfg: EvaluateCon
                 ok[good] = True
             progress.advance(task, len(batch.positions))
     return probs, ok
+
+
+def manifest_provenance(manifest_path: Path) -> dict[str, Any]:
+    """The provenance every evaluation records beside what it scored (a checkpoint, a published
+    model or a probe's embeddings): the manifest and its digest, cxr's version, the date and
+    whether the data came from `cxr demo`."""
+    from cxr.core.hashing import file_sha256
+    from cxr.mimic.synthetic import manifest_is_demo
+
+    return {
+        "manifest": str(manifest_path),
+        "manifest_sha256": file_sha256(manifest_path),
+        "cxr_version": __version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "synthetic_demo": manifest_is_demo(manifest_path),
+    }
 
 
 def bind_protocol(

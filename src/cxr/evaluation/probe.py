@@ -25,7 +25,6 @@ Patients are used in memory to form the subsets and to resample; they leave only
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import itertools
 import math
@@ -39,7 +38,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cxr import __version__
 from cxr.core.errors import CxrError, InputError
 from cxr.evaluation.evaluate import EvaluateConfig, Evaluation, score_predictions
 from cxr.evaluation.protocol import Protocol
@@ -430,11 +428,10 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     from cxr.core.hashing import file_sha256
     from cxr.core.paths import DataPaths
     from cxr.core.progress import make_progress, phase
-    from cxr.evaluation.evaluate import bind_protocol
+    from cxr.evaluation.evaluate import bind_protocol, manifest_provenance
     from cxr.evaluation.subgroups import resolve_attributes
     from cxr.evaluation.targets import targets, unit_rows
     from cxr.mimic.manifest import read_manifest
-    from cxr.mimic.synthetic import manifest_is_demo
     from cxr.pretrained.embeddings import META, load_embeddings, resolve_embeddings
     from cxr.stats.metrics import eval_targets
 
@@ -507,11 +504,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     provenance = {
         "embeddings": os.path.abspath(emb.dir),
         "embeddings_sha256": file_sha256(emb.dir / META),
-        "manifest": str(manifest_path),
-        "manifest_sha256": file_sha256(manifest_path),
-        "cxr_version": __version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "synthetic_demo": manifest_is_demo(manifest_path),
+        **manifest_provenance(manifest_path),
     }
     eval_cfg = EvaluateConfig(
         split=cfg.split,
