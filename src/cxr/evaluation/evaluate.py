@@ -357,11 +357,9 @@ def evaluate_source(cfg: EvaluateConfig, protocol: Protocol) -> Evaluation:
         "labels_not_in_model": list(source.missing_labels),
         "source_provenance": prov,
     }
-    evaluation = score_predictions(
-        cfg, protocol, labels, predicted, radiologist, provenance, model_info
+    return score_predictions(
+        cfg, protocol, labels, predicted, radiologist, provenance, model_info, unscored=lacking
     )
-    evaluation.metrics["macro"].setdefault("left_out", {}).update(lacking)
-    return evaluation
 
 
 def _predict_source_rows(source, raw: Path, rows: pl.DataFrame, cfg: EvaluateConfig, what: str):
@@ -455,8 +453,12 @@ def score_predictions(
     radiologist: pl.DataFrame | None,
     provenance: dict[str, Any],
     model_info: dict[str, Any],
+    unscored: dict[str, str] | None = None,
 ) -> Evaluation:
     """Everything after prediction, with no model: units, targets, scores, fingerprints.
+
+    `unscored`: labels with no probabilities at all (a published model without that output, a
+    probe not fitted), each with the reason, named where the macro names its left-out labels.
 
     `predicted[split]` is (manifest image rows with `subject_id` and the label columns, images
     left out as unreadable, probabilities (n, L)) for "validate" and for the evaluated split.
@@ -515,6 +517,7 @@ def score_predictions(
                 table["labels"][label]["reason"] = "not in the radiologists' labels"
                 table["labels"][label]["excluded_from_macro"] = "not in the radiologists' labels"
                 table["macro"]["left_out"][label] = "not in the radiologists' labels"
+    table["macro"].setdefault("left_out", {}).update(unscored or {})
 
     note = {"test": SPLIT_NOTE, "validate": SAME_SPLIT_NOTE}.get(cfg.split)
     counts = {cfg.split: _counts(units, per_image.height, excluded)}

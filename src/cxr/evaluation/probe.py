@@ -637,11 +637,17 @@ def _score_fraction(
         "training_label_policy": cfg.policy.to_dict(),
         "training_label_source": cfg.label_source,
     }
-    evaluation = score_predictions(
-        s.eval_cfg, s.protocol, names, predicted, s.radiologist, s.provenance, model_info
-    )
     # A label without a probe is said where the macro's other left-out labels are.
-    evaluation.metrics["macro"]["left_out"].update(not_fitted)
+    evaluation = score_predictions(
+        s.eval_cfg,
+        s.protocol,
+        names,
+        predicted,
+        s.radiologist,
+        s.provenance,
+        model_info,
+        unscored=not_fitted,
+    )
     return FractionResult(fraction, n_patients, n_images, not_fitted, chosen_c, evaluation)
 
 
